@@ -1,0 +1,135 @@
+// The backward engine: record nodes, order them once, run their closures.
+#include "autograd.h"
+
+#include <unordered_set>
+
+#include "ops.h"
+
+namespace norma {
+
+namespace {
+thread_local bool g_grad_mode = true;
+}
+bool grad_mode_enabled() { return g_grad_mode; }
+void set_grad_mode(bool enabled) { g_grad_mode = enabled; }
+
+Tensor sum_to(const Tensor& g, const Shape& shape) {
+  if (g.shape() == shape) return g;
+  // Sum the leading dims g has and `shape` lacks, and the dims `shape` holds as 1.
+  const size_t lead = g.dim() - shape.size();
+  std::vector<int64_t> dims;
+  for (size_t i = 0; i < size_t(g.dim()); ++i)
+    if (i < lead || (shape[i - lead] == 1 && g.shape()[i] != 1)) dims.push_back(int64_t(i));
+  Tensor s = dims.empty() ? g : g.sum(dims, /*keepdim=*/true);
+  return s.reshape(shape);
+}
+
+namespace autograd {
+
+bool needs_grad(const std::vector<Tensor>& inputs) {
+  if (!grad_mode_enabled()) return false;
+  for (const Tensor& t : inputs)
+    if (t.requires_grad()) return true;
+  return false;
+}
+bool needs_grad(std::initializer_list<Tensor> inputs) { return needs_grad(std::vector<Tensor>(inputs)); }
+
+void record(Tensor& out, std::string name, std::vector<Tensor> inputs, BackwardFn backward,
+            std::vector<Tensor> saved) {
+  if (!needs_grad(inputs)) return;
+  auto node = std::make_shared<Node>();
+  node->name = std::move(name);
+  node->inputs = std::move(inputs);
+  for (Tensor& t : saved) node->saved.push_back({t, t.storage()->version});
+  node->backward = std::move(backward);
+  node->output = out.impl_ptr();
+  node->output_shape = out.shape();
+  out.impl()->grad_fn = node;
+  out.impl()->requires_grad = true;
+}
+
+void accumulate(const Tensor& input, const Tensor& g) {
+  if (!input.requires_grad()) return;
+  NORMA_CHECK(g.shape() == input.shape());
+  Tensor* target = input.grad_fn() ? &input.grad_fn()->grad : &input.impl()->grad;
+  // Out of place: the first gradient may alias a tensor someone else holds.
+  *target = target->defined() ? add(*target, g) : g;
+}
+
+namespace {
+
+// Nodes reachable from `root`, each after every node that consumes its output
+// (reverse post-order of an iterative DFS, so deep graphs do not overflow the stack).
+std::vector<Node*> topological_order(Node* root) {
+  std::vector<Node*> post;
+  std::unordered_set<Node*> seen{root};
+  std::vector<std::pair<Node*, size_t>> stack{{root, 0}};
+  while (!stack.empty()) {
+    auto& [node, next] = stack.back();
+    if (next < node->inputs.size()) {
+      const Tensor& in = node->inputs[next++];
+      Node* child = in.defined() ? in.grad_fn().get() : nullptr;
+      if (child && seen.insert(child).second) stack.push_back({child, 0});
+    } else {
+      post.push_back(node);
+      stack.pop_back();
+    }
+  }
+  return {post.rbegin(), post.rend()};
+}
+
+void check_saved(const Node& node) {
+  for (const Node::Saved& s : node.saved)
+    if (s.tensor.storage()->version != s.version)
+      fail("backward: a tensor of shape {} saved by '{}' for its backward was modified in place "
+           "(version {}, saved at version {}); clone it before modifying it",
+           s.tensor.shape(), node.name, s.tensor.storage()->version, s.version);
+}
+
+}  // namespace
+
+void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
+  if (!root.requires_grad())
+    fail("backward: tensor of shape {} does not require grad and has no grad_fn", root.shape());
+  Tensor seed = grad;
+  if (!seed.defined()) {
+    if (root.numel() != 1)
+      fail("backward: grad can be implicitly created only for one-element outputs, got shape {}; "
+           "pass a gradient of that shape",
+           root.shape());
+    seed = ones(root.shape());
+  } else if (seed.shape() != root.shape()) {
+    fail("backward: gradient of shape {} does not match the output's shape {}", seed.shape(), root.shape());
+  }
+  NoGradGuard no_grad;
+  if (root.is_leaf()) {
+    accumulate(root, seed);
+    return;
+  }
+  std::vector<Node*> order = topological_order(root.grad_fn().get());
+  for (Node* n : order)
+    if (n->freed)
+      fail("backward: trying to backward through the graph a second time (node '{}' was freed by "
+           "the first backward); call backward with retain_graph=true the first time",
+           n->name);
+  for (Node* n : order) check_saved(*n);
+  root.grad_fn()->grad = seed;
+  for (Node* n : order) {
+    Tensor g = std::move(n->grad);
+    n->grad = Tensor();
+    if (g.defined()) {
+      NORMA_CHECK(g.shape() == n->output_shape);
+      n->backward(g);
+      if (auto out = n->output.lock(); out && out->retains_grad)
+        out->grad = out->grad.defined() ? add(out->grad, g) : g;
+    }
+    if (!retain_graph) {
+      n->backward = nullptr;  // releases the closure's saved tensors
+      n->saved.clear();
+      n->freed = true;
+    }
+  }
+}
+
+}  // namespace autograd
+}  // namespace norma

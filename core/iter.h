@@ -1,0 +1,67 @@
+// Strided iteration over N operands that share one (broadcast) shape.
+// Internal to core/: the loop every elementwise kernel and copy is built on.
+// Dims that are contiguous in every operand are merged, then the work is split
+// into rows of the innermost dim; rows run in parallel when there are many.
+#pragma once
+#include <array>
+
+#include "tensor.h"
+
+namespace norma::detail {
+
+// Strides of `t` seen through `shape` (broadcast dims get stride 0). The
+// caller has checked that t's shape broadcasts to `shape`.
+Shape broadcast_strides(const Tensor& t, const Shape& shape);
+
+// Minimum number of elements before a loop is split across threads.
+constexpr int64_t kParallelGrain = 1 << 15;
+
+// Calls row(offsets, n, inner_strides) for every row of the innermost merged
+// dim, where offsets[k] is operand k's element offset at the row's start.
+template <size_t N, class Row>
+void for_each_row(const Shape& shape, std::array<Shape, N> strides, Row&& row) {
+  // Merge dim d into d+1 when every operand steps over d as one block of d+1.
+  Shape sh;
+  std::array<Shape, N> st;
+  for (size_t d = 0; d < shape.size(); ++d) {
+    if (shape[d] == 1) continue;  // size-1 dims never move the offsets
+    bool merge = !sh.empty();
+    for (size_t k = 0; k < N && merge; ++k)
+      merge = st[k].back() == strides[k][d] * shape[d];
+    if (merge) {
+      sh.back() *= shape[d];
+      for (size_t k = 0; k < N; ++k) st[k].back() = strides[k][d];
+    } else {
+      sh.push_back(shape[d]);
+      for (size_t k = 0; k < N; ++k) st[k].push_back(strides[k][d]);
+    }
+  }
+  if (sh.empty()) {  // a single element
+    sh.push_back(1);
+    for (size_t k = 0; k < N; ++k) st[k].push_back(1);
+  }
+  for (int64_t s : shape)
+    if (s == 0) return;
+  const int64_t inner = sh.back();
+  std::array<int64_t, N> inner_st;
+  for (size_t k = 0; k < N; ++k) inner_st[k] = st[k].back();
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < sh.size(); ++d) rows *= sh[d];
+  const int64_t outer_dims = int64_t(sh.size()) - 1;
+#pragma omp parallel for schedule(static) if (rows > 1 && rows * inner >= kParallelGrain)
+  for (int64_t r = 0; r < rows; ++r) {
+    std::array<int64_t, N> off{};
+    int64_t rem = r;
+    for (int64_t d = outer_dims - 1; d >= 0; --d) {
+      int64_t i = rem % sh[d];
+      rem /= sh[d];
+      for (size_t k = 0; k < N; ++k) off[k] += i * st[k][d];
+    }
+    row(off, inner, inner_st);
+  }
+}
+
+// dst[i] = src[i] over dst's shape; src broadcast to it. Any strides on either side.
+void copy_into(const Tensor& dst, const Tensor& src);
+
+}  // namespace norma::detail
