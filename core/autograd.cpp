@@ -40,7 +40,8 @@ void record(Tensor& out, std::string name, std::vector<Tensor> inputs, BackwardF
   auto node = std::make_shared<Node>();
   node->name = std::move(name);
   node->inputs = std::move(inputs);
-  for (Tensor& t : saved) node->saved.push_back({t, t.storage()->version});
+  for (Tensor& t : saved)
+    if (t.defined()) node->saved.push_back({t, t.storage()->version});  // optional tensors may be undefined
   node->backward = std::move(backward);
   node->output = out.impl_ptr();
   node->output_shape = out.shape();

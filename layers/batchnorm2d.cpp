@@ -1,0 +1,289 @@
+// N batch, C channels, HW = H*W positions; M = N*HW values per channel.
+// NCHW puts channel c of image n at (n*C + c)*HW; NHWC puts position i of
+// image n at (n*HW + i)*C. Statistics are accumulated in double.
+#include "batchnorm2d.h"
+
+#include <omp.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../core/autograd.h"
+
+namespace norma::nn {
+
+namespace {
+
+// Per-channel sums over an NHWC tensor: rows of C values, split across threads
+// with a private accumulator each, then combined (no atomics, deterministic for a thread count).
+template <class F>
+void nhwc_channel_sums(double* out, int64_t rows, int64_t C, F term) {
+  const int T = omp_get_max_threads();
+  std::vector<double> part(size_t(T) * C, 0.0);
+#pragma omp parallel num_threads(T)
+  {
+    double* acc = part.data() + size_t(omp_get_thread_num()) * C;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < C; ++c) acc[c] += term(r * C + c, c);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int t = 0; t < T; ++t) s += part[size_t(t) * C + c];
+    out[c] = s;
+  }
+}
+
+// Per-channel sums over an NCHW tensor: one channel per iteration.
+template <class F>
+void nchw_channel_sums(double* out, int64_t N, int64_t C, int64_t HW, F term) {
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+  for (int64_t c = 0; c < C; ++c) {
+    double s = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t base = (n * C + c) * HW;
+      for (int64_t i = 0; i < HW; ++i) s += term(base + i, c);
+    }
+    out[c] = s;
+  }
+}
+
+template <class F>
+void channel_sums(double* out, int64_t N, int64_t C, int64_t HW, Layout layout, F term) {
+  if (layout == Layout::NCHW)
+    nchw_channel_sums(out, N, C, HW, term);
+  else
+    nhwc_channel_sums(out, N * HW, C, term);
+}
+
+}  // namespace
+
+void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
+                       VarianceMethod method) {
+  const double M = double(N * HW);
+  channel_sums(mean, N, C, HW, layout, [x](int64_t i, int64_t) { return double(x[i]); });
+  for (int64_t c = 0; c < C; ++c) mean[c] /= M;
+  if (method == VarianceMethod::two_pass) {
+    channel_sums(var, N, C, HW, layout, [x, mean](int64_t i, int64_t c) {
+      double d = x[i] - mean[c];
+      return d * d;
+    });
+    for (int64_t c = 0; c < C; ++c) var[c] /= M;
+  } else {  // BrainPy: E[x^2] - E[x]^2, clamped at 0
+    channel_sums(var, N, C, HW, layout, [x](int64_t i, int64_t) { return double(x[i]) * x[i]; });
+    for (int64_t c = 0; c < C; ++c) var[c] = std::max(0.0, var[c] / M - mean[c] * mean[c]);
+  }
+}
+
+void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
+                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout) {
+  // y = x * scale + shift with scale = gamma * invstd and shift = beta - mean * scale,
+  // except that x - mean is formed in double so |mean| >> std loses nothing.
+  if (layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t p = 0; p < N * C; ++p) {
+      const int64_t c = p % C;
+      const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f, m = mean[c];
+      const float* xp = x + p * HW;
+      float* yp = y + p * HW;
+      for (int64_t i = 0; i < HW; ++i) yp[i] = float((xp[i] - m) * scale + shift);
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t r = 0; r < N * HW; ++r)
+      for (int64_t c = 0; c < C; ++c) {
+        const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f;
+        y[r * C + c] = float((x[r * C + c] - mean[c]) * scale + shift);
+      }
+  }
+}
+
+void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
+                          const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
+                          bool batch_stats) {
+  const double M = double(N * HW);
+  // The two reductions per channel: sum(dy) and sum(dy * xhat).
+  std::vector<double> sum_dy(C), sum_dy_xhat(C);
+  channel_sums(sum_dy.data(), N, C, HW, layout, [dy](int64_t i, int64_t) { return double(dy[i]); });
+  channel_sums(sum_dy_xhat.data(), N, C, HW, layout,
+               [dy, x, mean, invstd](int64_t i, int64_t c) { return dy[i] * (x[i] - mean[c]) * invstd[c]; });
+  for (int64_t c = 0; c < C; ++c) {
+    if (dbeta) dbeta[c] = float(sum_dy[c]);
+    if (dgamma) dgamma[c] = float(sum_dy_xhat[c]);
+  }
+  if (!dx) return;
+  // One pass: dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M), or
+  // dx = dy * gamma * invstd when the statistics were constants.
+  auto term = [&](int64_t i, int64_t c) {
+    const double k = invstd[c] * (gamma ? gamma[c] : 1.0f);
+    if (!batch_stats) return float(dy[i] * k);
+    const double xhat = (x[i] - mean[c]) * invstd[c];
+    return float(k * (dy[i] - sum_dy[c] / M - xhat * sum_dy_xhat[c] / M));
+  };
+  if (layout == Layout::NCHW) {
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t p = 0; p < N * C; ++p)
+      for (int64_t i = p * HW; i < (p + 1) * HW; ++i) dx[i] = term(i, p % C);
+  } else {
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t r = 0; r < N * HW; ++r)
+      for (int64_t c = 0; c < C; ++c) dx[r * C + c] = term(r * C + c, c);
+  }
+}
+
+// ---------------------------------------------------------------- the op
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                    const Tensor& running_var, const BatchNormArgs& a) {
+  if (!x.defined()) fail("batch_norm2d: input is an undefined tensor");
+  const char* layout_name = a.layout == Layout::NCHW ? "(N, C, H, W)" : "(N, H, W, C)";
+  if (x.dim() != 4) fail("batch_norm2d: expected a 4-D input {}, got {}", layout_name, x.shape());
+  const int64_t N = x.size(0), C = a.layout == Layout::NCHW ? x.size(1) : x.size(3);
+  const int64_t HW = a.layout == Layout::NCHW ? x.size(2) * x.size(3) : x.size(1) * x.size(2);
+  for (auto [t, what] : {std::pair{weight, "weight"}, {bias, "bias"}, {running_mean, "running_mean"},
+                         {running_var, "running_var"}})
+    if (t.defined() && t.shape() != Shape{C})
+      fail("batch_norm2d: {} has shape {} but input {} has {} channels (layout {})", what, t.shape(), x.shape(), C,
+           layout_name);
+  if (!(a.eps > 0) || !std::isfinite(a.eps)) fail("batch_norm2d: eps must be positive and finite, got {}", a.eps);
+  if (a.use_batch_stats && N * HW <= 1)
+    fail("batch_norm2d: expected more than 1 value per channel when training, got input size {}", x.shape());
+  if (!a.use_batch_stats && (!running_mean.defined() || !running_var.defined()))
+    fail("batch_norm2d: running statistics are needed when not using batch statistics (input {})", x.shape());
+  if (a.momentum >= 0 && (!running_mean.defined() || !running_var.defined()))
+    fail("batch_norm2d: a running-statistics update needs running_mean and running_var (input {})", x.shape());
+
+  Tensor xc = x.contiguous();
+  // mean and invstd in double, shared with the backward closure (they are
+  // not tensors: float32 would round a large mean and lose the small deviations).
+  auto mean = std::make_shared<std::vector<double>>(C), invstd = std::make_shared<std::vector<double>>(C);
+  if (a.use_batch_stats) {
+    std::vector<double> var(C);
+    batchnorm2d_stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
+    for (int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + a.eps);
+    if (a.momentum >= 0) {
+      const double M = double(N * HW), p = a.momentum;
+      const double correction = a.unbiased_running_var ? M / (M - 1) : 1.0;
+      float* rm = running_mean.data_ptr();
+      float* rv = running_var.data_ptr();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = float((1 - p) * rm[c] + p * (*mean)[c]);
+        rv[c] = float((1 - p) * rv[c] + p * var[c] * correction);
+      }
+      running_mean.storage()->version++;
+      running_var.storage()->version++;
+    }
+  } else {
+    const float* rm = running_mean.data_ptr();
+    const float* rv = running_var.data_ptr();
+    for (int64_t c = 0; c < C; ++c) {
+      (*mean)[c] = rm[c];
+      (*invstd)[c] = 1.0 / std::sqrt(double(rv[c]) + a.eps);
+    }
+  }
+  Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
+  Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
+  Tensor y = empty(x.shape());
+  batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), wc.defined() ? wc.data_ptr() : nullptr,
+                      bc.defined() ? bc.data_ptr() : nullptr, N, C, HW, a.layout);
+
+  std::vector<Tensor> inputs{x};
+  if (a.affine_grad) inputs.insert(inputs.end(), {weight, bias});
+  autograd::record(y, "batch_norm2d", inputs, [x, weight, bias, xc, wc, mean, invstd, N, C, HW, a](const Tensor& dy) {
+    Tensor dyc = dy.contiguous();
+    Tensor dx = x.requires_grad() ? empty(x.shape()) : Tensor();
+    const bool affine_grads = a.affine_grad && (weight.requires_grad() || bias.requires_grad());
+    Tensor dw = affine_grads ? empty({C}) : Tensor(), db = affine_grads ? empty({C}) : Tensor();
+    batchnorm2d_backward(dx.defined() ? dx.data_ptr() : nullptr, dw.defined() ? dw.data_ptr() : nullptr,
+                         db.defined() ? db.data_ptr() : nullptr, dyc.data_ptr(), xc.data_ptr(), mean->data(),
+                         invstd->data(), wc.defined() ? wc.data_ptr() : nullptr, N, C, HW, a.layout,
+                         a.use_batch_stats);
+    autograd::accumulate(x, dx);
+    if (affine_grads) {
+      autograd::accumulate(weight, dw);
+      autograd::accumulate(bias, db);
+    }
+  }, {xc, wc});
+  return y;
+}
+
+// ---------------------------------------------------------------- the module
+
+BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options(o) {
+  if (o.num_features_ <= 0) fail("BatchNorm2d: num_features must be positive, got {}", o.num_features_);
+  if (!(o.eps_ > 0) || !std::isfinite(o.eps_)) fail("BatchNorm2d: eps must be positive and finite, got {}", o.eps_);
+  const MomentumRule& m = o.momentum_;
+  if (!(m.init_factor >= 0 && m.init_factor <= 1) || !(m.min_factor >= 0 && m.min_factor <= 1))
+    fail("BatchNorm2d: momentum factors must lie in [0, 1], got init_factor {} and min_factor {}", m.init_factor,
+         m.min_factor);
+  if (o.freeze_ && !o.track_running_stats_)
+    fail("BatchNorm2d: freeze=true needs track_running_stats=true (it normalises with the running statistics)");
+  const int64_t C = o.num_features_;
+  if (o.affine_) {
+    weight = register_parameter("weight", empty({C}), !o.freeze_);
+    bias = register_parameter("bias", empty({C}), !o.freeze_);
+  }
+  if (o.track_running_stats_) {
+    running_mean = register_buffer("running_mean", zeros({C}));
+    running_var = register_buffer("running_var", ones({C}));
+    num_batches_tracked = register_buffer("num_batches_tracked", zeros({}));
+  }
+  reset_parameters();
+}
+
+void BatchNorm2d::reset_running_stats() {
+  if (!options.track_running_stats_) return;
+  NoGradGuard g;
+  running_mean.fill_(0.0f);
+  running_var.fill_(1.0f);
+  num_batches_tracked.fill_(0.0f);
+}
+
+void BatchNorm2d::reset_parameters() {
+  reset_running_stats();
+  if (!options.affine_) return;
+  NoGradGuard g;
+  if (options.weight_init_) options.weight_init_(weight); else weight.fill_(1.0f);
+  if (options.bias_init_) options.bias_init_(bias); else bias.fill_(0.0f);
+}
+
+Tensor BatchNorm2d::forward(const Tensor& x) {
+  const BatchNorm2dOptions& o = options;
+  BatchNormArgs a;
+  a.eps = o.eps_;
+  a.layout = o.layout_;
+  a.unbiased_running_var = o.unbiased_running_var_;
+  a.variance_method = o.variance_method_;
+  a.affine_grad = !o.freeze_;
+  a.use_batch_stats = !o.track_running_stats_ || (is_training() && !o.freeze_);
+  const bool update = o.track_running_stats_ && is_training() && !o.freeze_;
+  // t counts this forward; the counter itself advances only after the op succeeded.
+  if (update) a.momentum = o.momentum_.factor(int64_t(num_batches_tracked.item()) + 1);
+  if (o.inplace_ && is_training())
+    fail("BatchNorm2d: inplace=true is only allowed in eval mode (training needs the input for backward)");
+  Tensor y = batch_norm2d(x, weight, bias, running_mean, running_var, a);
+  if (update) {
+    NoGradGuard g;
+    num_batches_tracked.add_(1.0f);
+  }
+  if (o.inplace_ && !autograd::needs_grad({x}) && x.is_contiguous()) {
+    // Eval in place: the result goes back into the input's storage.
+    NoGradGuard g;
+    Tensor xi = x;
+    xi.copy_(y);
+    return xi;
+  }
+  return y;
+}
+
+std::string BatchNorm2d::extra_repr() const {
+  const auto& o = options;
+  std::string mom = o.momentum_.init_factor == 0 ? fmt::format("{}", o.momentum_.min_factor)
+                    : o.momentum_.min_factor == 0 && o.momentum_.init_factor == 1
+                        ? "None"
+                        : fmt::format("max({}/t, {})", o.momentum_.init_factor, o.momentum_.min_factor);
+  return fmt::format("{}, eps={}, momentum={}, affine={}, track_running_stats={}", o.num_features_, o.eps_, mom,
+                     o.affine_ ? "True" : "False", o.track_running_stats_ ? "True" : "False");
+}
+
+}  // namespace norma::nn

@@ -1,0 +1,123 @@
+// BatchNorm2d (Ioffe & Szegedy, 2015), one fused autograd node.
+//
+// Per channel c, over the M = N*H*W values x_i of that channel:
+//   mean = sum(x_i) / M            var = sum((x_i - mean)^2) / M   (biased)
+//   invstd = 1 / sqrt(var + eps)   xhat_i = (x_i - mean) * invstd
+//   y_i = gamma * xhat_i + beta
+// In training the batch statistics normalise and the running statistics are
+// updated; in eval the running statistics normalise. The update, with the
+// t-th training forward counted from 1:
+//   p_t = max(init_factor / t, min_factor)
+//   running_mean <- (1 - p_t) running_mean + p_t mean
+//   running_var  <- (1 - p_t) running_var  + p_t var_hat,  var_hat = var * M / (M - 1) (unbiased)
+//                                                           or var (biased)
+// That single rule expresses every convention (see MomentumRule).
+//
+// Backward in training (closed form; derivation in docs/normalization/):
+//   dbeta = sum(dy)   dgamma = sum(dy * xhat)
+//   dx_i = invstd * gamma * (dy_i - sum(dy) / M - xhat_i * sum(dy * xhat) / M)
+// and with fixed (running) statistics: dx_i = dy_i * gamma * invstd.
+#pragma once
+#include <functional>
+
+#include "module.h"
+
+namespace norma::nn {
+
+// Where the channel axis is: NCHW (PyTorch, MegEngine, PuzzleLib) or NHWC
+// (BrainPy, numpy-ml).
+enum class Layout { NCHW, NHWC };
+
+// The running-average weight of the new batch at the t-th training forward:
+// p_t = max(init_factor / t, min_factor).
+struct MomentumRule {
+  double init_factor = 0.0;
+  double min_factor = 0.1;
+  // PyTorch momentum p: running <- (1 - p) running + p stat.
+  static MomentumRule pytorch(double momentum) { return {0.0, momentum}; }
+  // Decay d (MegEngine, BrainPy, numpy-ml): running <- d running + (1 - d) stat, i.e. p = 1 - d.
+  static MomentumRule decay(double d) { return {0.0, 1.0 - d}; }
+  // Cumulative average (PyTorch momentum=None): p_t = 1 / t.
+  static MomentumRule cumulative() { return {1.0, 0.0}; }
+  // PuzzleLib: p_t = max(init_factor / t, min_factor).
+  static MomentumRule schedule(double init_factor, double min_factor) { return {init_factor, min_factor}; }
+  double factor(int64_t t) const { return std::max(init_factor / double(t), min_factor); }
+};
+
+// How the statistics of a batch are computed: two passes in double (accurate
+// when |mean| >> std), or BrainPy's one pass var = max(0, E[x^2] - E[x]^2).
+enum class VarianceMethod { two_pass, one_pass };
+
+using TensorInit = std::function<void(Tensor&)>;
+
+struct BatchNorm2dOptions {
+  explicit BatchNorm2dOptions(int64_t num_features) : num_features_(num_features) {}
+#define NORMA_ARG(T, name) \
+  BatchNorm2dOptions& name(T v) { name##_ = std::move(v); return *this; } \
+  T name##_
+  NORMA_ARG(int64_t, num_features);
+  NORMA_ARG(double, eps) = 1e-5;
+  NORMA_ARG(MomentumRule, momentum) = MomentumRule::pytorch(0.1);
+  NORMA_ARG(bool, unbiased_running_var) = true;
+  NORMA_ARG(bool, affine) = true;
+  NORMA_ARG(bool, track_running_stats) = true;
+  // Running statistics in every mode, never updated; gamma and beta get no gradient.
+  NORMA_ARG(bool, freeze) = false;
+  NORMA_ARG(Layout, layout) = Layout::NCHW;
+  NORMA_ARG(VarianceMethod, variance_method) = VarianceMethod::two_pass;
+  NORMA_ARG(TensorInit, weight_init) = nullptr;  // default: ones
+  NORMA_ARG(TensorInit, bias_init) = nullptr;    // default: zeros
+  // In eval, write the output over the input (no extra memory); an error in training.
+  NORMA_ARG(bool, inplace) = false;
+#undef NORMA_ARG
+};
+
+// What the functional op needs to know beyond its tensors.
+struct BatchNormArgs {
+  bool use_batch_stats = true;   // normalise with this batch's statistics (else the running ones)
+  double momentum = -1;          // p for the running update this step; < 0: no update
+  double eps = 1e-5;
+  Layout layout = Layout::NCHW;
+  bool unbiased_running_var = true;
+  VarianceMethod variance_method = VarianceMethod::two_pass;
+  bool affine_grad = true;       // false: gamma and beta get no gradient (freeze)
+};
+
+// ---- kernels on raw contiguous pointers. M = N * HW values per channel.
+// Batch statistics of each channel, in double.
+void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
+                       VarianceMethod method);
+// y = (x - mean) * invstd * gamma + beta; gamma/beta null means 1/0.
+void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
+                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout);
+// dx (may be null), dgamma and dbeta (may be null). batch_stats selects the
+// closed form above; otherwise mean/invstd were constants.
+void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
+                          const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
+                          bool batch_stats);
+
+// ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
+// bias (C) may be undefined (affine off); running_mean/var (C) are updated in
+// place when args.momentum >= 0, and used when !args.use_batch_stats.
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                    const Tensor& running_var, const BatchNormArgs& args);
+
+class BatchNorm2d : public Module {
+ public:
+  explicit BatchNorm2d(const BatchNorm2dOptions& options);
+  explicit BatchNorm2d(int64_t num_features) : BatchNorm2d(BatchNorm2dOptions(num_features)) {}
+  Tensor forward(const Tensor& x) override;
+  void reset_running_stats();
+  void reset_parameters();
+  std::string name() const override { return "BatchNorm2d"; }
+  std::string extra_repr() const override;
+
+  BatchNorm2dOptions options;
+  Tensor weight;               // (C) gamma; undefined without affine
+  Tensor bias;                 // (C) beta; undefined without affine
+  Tensor running_mean;         // (C) buffer; undefined without track_running_stats
+  Tensor running_var;          // (C) buffer
+  Tensor num_batches_tracked;  // () buffer: training forwards so far (t of the momentum rule)
+};
+
+}  // namespace norma::nn

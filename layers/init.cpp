@@ -1,0 +1,70 @@
+#include "init.h"
+
+#include <cmath>
+
+#include "../core/autograd.h"
+
+namespace norma::nn::init {
+
+std::pair<int64_t, int64_t> calculate_fan_in_and_fan_out(const Tensor& w) {
+  if (w.dim() < 2)
+    fail("init: fan in and fan out need a tensor with at least 2 dims, got shape {}", w.shape());
+  int64_t receptive = 1;
+  for (int64_t d = 2; d < w.dim(); ++d) receptive *= w.size(d);
+  return {w.size(1) * receptive, w.size(0) * receptive};
+}
+
+double calculate_gain(Nonlinearity nl, double param) {
+  switch (nl) {
+    case Nonlinearity::linear:
+    case Nonlinearity::sigmoid: return 1.0;
+    case Nonlinearity::tanh: return 5.0 / 3.0;
+    case Nonlinearity::relu: return std::sqrt(2.0);
+    case Nonlinearity::leaky_relu: return std::sqrt(2.0 / (1.0 + param * param));
+  }
+  return 1.0;
+}
+
+namespace {
+// Writes with grad mode off: initialisation is not part of any graph.
+Tensor& fill_from(Tensor& t, const Tensor& values) {
+  NoGradGuard g;
+  t.copy_(values);
+  return t;
+}
+double fan(const Tensor& t, FanMode mode) {
+  auto [in, out] = calculate_fan_in_and_fan_out(t);
+  int64_t f = mode == FanMode::fan_in ? in : out;
+  if (f == 0) fail("init: cannot initialise a tensor of shape {} with a zero fan", t.shape());
+  return double(f);
+}
+}  // namespace
+
+Tensor& uniform_(Tensor& t, double low, double high) { return fill_from(t, uniform(t.shape(), float(low), float(high))); }
+Tensor& normal_(Tensor& t, double mean, double std) { return fill_from(t, normal(t.shape(), float(mean), float(std))); }
+Tensor& constant_(Tensor& t, double value) {
+  NoGradGuard g;
+  t.fill_(float(value));
+  return t;
+}
+Tensor& zeros_(Tensor& t) { return constant_(t, 0.0); }
+Tensor& ones_(Tensor& t) { return constant_(t, 1.0); }
+
+Tensor& kaiming_uniform_(Tensor& t, double a, FanMode mode, Nonlinearity nl) {
+  double bound = std::sqrt(3.0) * calculate_gain(nl, a) / std::sqrt(fan(t, mode));
+  return uniform_(t, -bound, bound);
+}
+Tensor& kaiming_normal_(Tensor& t, double a, FanMode mode, Nonlinearity nl) {
+  return normal_(t, 0.0, calculate_gain(nl, a) / std::sqrt(fan(t, mode)));
+}
+Tensor& xavier_uniform_(Tensor& t, double gain) {
+  auto [in, out] = calculate_fan_in_and_fan_out(t);
+  double bound = gain * std::sqrt(6.0 / double(in + out));
+  return uniform_(t, -bound, bound);
+}
+Tensor& xavier_normal_(Tensor& t, double gain) {
+  auto [in, out] = calculate_fan_in_and_fan_out(t);
+  return normal_(t, 0.0, gain * std::sqrt(2.0 / double(in + out)));
+}
+
+}  // namespace norma::nn::init

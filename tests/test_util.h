@@ -1,0 +1,55 @@
+// Helpers shared by the tests: compare tensors and report the worst element.
+#pragma once
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <norma/norma.h>
+
+namespace norma::test {
+
+struct Diff {
+  double max_abs = 0;
+  int64_t index = -1;
+  double got = 0, want = 0;
+  bool ok = true;
+};
+
+// Elementwise |got - want| <= atol + rtol * |want|; records the worst element.
+inline Diff compare(const std::vector<float>& got, const std::vector<float>& want, double rtol, double atol) {
+  Diff d;
+  if (got.size() != want.size()) {
+    d.ok = false;
+    return d;
+  }
+  double worst = -1;
+  for (size_t i = 0; i < got.size(); ++i) {
+    double e = std::fabs(double(got[i]) - want[i]);
+    double r = e / (atol + rtol * std::fabs(want[i]));
+    if (std::isnan(got[i]) != std::isnan(want[i])) r = INFINITY;
+    if (e > d.max_abs) d.max_abs = e;
+    if (r > worst) {
+      worst = r;
+      d.index = int64_t(i);
+      d.got = got[i];
+      d.want = want[i];
+    }
+  }
+  d.ok = worst <= 1.0;
+  return d;
+}
+
+// CHECKs that two tensors match, printing the max abs diff and where.
+#define NORMA_CHECK_CLOSE(got_t, want_t, rtol, atol)                                                      \
+  do {                                                                                                    \
+    auto gv_ = (got_t).to_vector();                                                                       \
+    auto wv_ = (want_t).to_vector();                                                                      \
+    auto d_ = ::norma::test::compare(gv_, wv_, (rtol), (atol));                                           \
+    INFO(#got_t " vs " #want_t ": sizes " << gv_.size() << "/" << wv_.size() << ", max abs diff "         \
+                                          << d_.max_abs << ", worst at flat index " << d_.index << ": got " \
+                                          << d_.got << " want " << d_.want);                             \
+    CHECK(d_.ok);                                                                                         \
+  } while (0)
+
+}  // namespace norma::test
