@@ -1,0 +1,79 @@
+#include "models.h"
+
+#include "../core/autograd.h"
+#include "activation.h"
+#include "batchnorm2d.h"
+#include "conv2d.h"
+#include "linear.h"
+#include "pooling.h"
+
+namespace norma::nn {
+
+std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>& bn) {
+  auto norm = [&](int64_t c) { return bn ? bn(c) : std::make_shared<BatchNorm2d>(c); };
+  auto m = std::make_shared<Sequential>();
+  auto block = [&](int64_t in, int64_t out) {
+    m->push_back(std::make_shared<Conv2d>(Conv2dOptions(in, out, 3).padding(1).bias(false)));
+    m->push_back(norm(out));
+    m->push_back(std::make_shared<ReLU>(true));
+  };
+  block(3, 32);
+  block(32, 32);
+  m->push_back(std::make_shared<MaxPool2d>(2));
+  block(32, 64);
+  block(64, 64);
+  m->push_back(std::make_shared<MaxPool2d>(2));
+  block(64, 128);
+  m->push_back(std::make_shared<MaxPool2d>(2));
+  m->push_back(std::make_shared<Flatten>());
+  m->push_back(std::make_shared<Linear>(2048, 10));
+  return m;
+}
+
+namespace {
+int64_t count(const std::vector<Tensor>& ts) {
+  int64_t n = 0;
+  for (const Tensor& t : ts) n += t.numel();
+  return n;
+}
+}  // namespace
+
+std::string summary(Module& model, const Shape& input_shape) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard g;
+  std::string out = fmt::format("{:<24}{:<16}{:<22}{:>12}\n", "Layer", "Type", "Output shape", "Params");
+  out += std::string(74, '-') + "\n";
+  Tensor x = zeros(input_shape);
+  auto row = [&](const std::string& name, Module& m, const Tensor& y) {
+    out += fmt::format("{:<24}{:<16}{:<22}{:>12}\n", name, m.name(), shape_str(y.shape()),
+                       count(m.parameters()));
+  };
+  try {
+    if (auto* seq = dynamic_cast<Sequential*>(&model)) {
+      auto children = seq->named_children();
+      for (auto& [name, child] : children) {
+        x = child->forward(x);
+        row(name, *child, x);
+      }
+    } else {
+      x = model.forward(x);
+      row(model.name(), model, x);
+    }
+  } catch (...) {
+    model.train(was_training);
+    throw;
+  }
+  model.train(was_training);
+  const int64_t total = count(model.parameters()), trainable = [&] {
+    int64_t n = 0;
+    for (const Tensor& p : model.parameters()) n += p.requires_grad() ? p.numel() : 0;
+    return n;
+  }();
+  out += std::string(74, '-') + "\n";
+  out += fmt::format("Total params: {}\nTrainable params: {}\nBuffers: {} values\nInput {} -> output {}\n", total,
+                     trainable, count(model.buffers()), shape_str(input_shape), shape_str(x.shape()));
+  return out;
+}
+
+}  // namespace norma::nn
