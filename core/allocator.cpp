@@ -47,7 +47,7 @@ void* cached_alloc(size_t bytes) {
       return p;
     }
   }
-  void* p = std::aligned_alloc(64, cls);
+  void* p = std::aligned_alloc(64, (cls + 63) / 64 * 64);  // the size must be a multiple of the alignment
   if (!p) fail("allocator: out of memory allocating {} bytes", cls);
   std::lock_guard<std::mutex> lock(c.mu);
   c.stats.fresh_allocs++;

@@ -24,6 +24,27 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
   return s.reshape(shape);
 }
 
+// Dropping the last reference to a deep graph would otherwise recurse once per
+// node (node -> input tensor -> its node ...) and overflow the stack. Nodes
+// only this one owns are detached from their tensors and released in a loop.
+Node::~Node() {
+  std::vector<std::shared_ptr<Node>> pending;
+  auto take_inputs = [&pending](Node& n) {
+    n.backward = nullptr;  // its captures hold the inputs too
+    n.saved.clear();
+    for (Tensor& t : n.inputs)
+      if (t.defined() && t.impl_ptr().use_count() == 1 && t.impl()->grad_fn.use_count() == 1)
+        pending.push_back(std::move(t.impl()->grad_fn));
+    n.inputs.clear();
+  };
+  take_inputs(*this);
+  while (!pending.empty()) {
+    std::shared_ptr<Node> n = std::move(pending.back());
+    pending.pop_back();
+    take_inputs(*n);  // n is then destroyed with nothing left to recurse into
+  }
+}
+
 namespace autograd {
 
 bool needs_grad(const std::vector<Tensor>& inputs) {
@@ -49,12 +70,29 @@ void record(Tensor& out, std::string name, std::vector<Tensor> inputs, BackwardF
   out.impl()->requires_grad = true;
 }
 
+namespace {
+// A gradient stored on a tensor (a leaf's, or a retained one) is that tensor's
+// own contiguous memory: optimizers write it in place and read it through
+// data_ptr(). One that someone else may hold (the upstream gradient handed to
+// several inputs, the caller's grad_output) or a strided view is copied.
+Tensor owned(const Tensor& g) {
+  const bool sole = g.impl_ptr().use_count() == 1 && g.storage().use_count() == 1;
+  return sole && g.is_contiguous() ? g : g.clone();
+}
+}  // namespace
+
 void accumulate(const Tensor& input, const Tensor& g) {
   if (!input.requires_grad()) return;
-  NORMA_CHECK(g.shape() == input.shape());
-  Tensor* target = input.grad_fn() ? &input.grad_fn()->grad : &input.impl()->grad;
-  // Out of place: the first gradient may alias a tensor someone else holds.
-  *target = target->defined() ? add(*target, g) : g;
+  if (!g.defined() || g.shape() != input.shape())
+    fail("autograd::accumulate: gradient of shape {} does not match input of shape {}",
+         g.defined() ? shape_str(g.shape()) : "undefined", input.shape());
+  if (input.grad_fn()) {  // a non-leaf: summed on its node for the backward pass
+    Tensor& ng = input.grad_fn()->grad;
+    ng = ng.defined() ? add(ng, g) : g;
+    return;
+  }
+  Tensor& grad = input.impl()->grad;  // out of place, so an alias of the old gradient stays intact
+  grad = grad.defined() ? add(grad, g) : owned(g);
 }
 
 namespace {
@@ -122,7 +160,7 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
       NORMA_CHECK(g.shape() == n->output_shape);
       n->backward(g);
       if (auto out = n->output.lock(); out && out->retains_grad)
-        out->grad = out->grad.defined() ? add(out->grad, g) : g;
+        out->grad = out->grad.defined() ? add(out->grad, g) : owned(g);
     }
     if (!retain_graph) {
       n->backward = nullptr;  // releases the closure's saved tensors

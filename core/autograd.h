@@ -45,6 +45,7 @@ struct Node {
   std::weak_ptr<TensorImpl> output; // only to serve retain_grad()
   Shape output_shape;
   bool freed = false;               // set by a backward without retain_graph
+  ~Node();                          // frees a chain of nodes iteratively (deep graphs)
 };
 
 // Whether ops record nodes. Thread-local, on by default.

@@ -326,9 +326,9 @@ Tensor var(const Tensor& x, const std::vector<int64_t>& dims, bool unbiased, boo
 
 namespace {
 // Index of the first maximum of each block (NaN wins, as in PyTorch).
-Tensor block_argmax(const Blocks& b) {
+Tensor block_argmax(const Blocks& b, const char* op, const Shape& shape) {
   const int64_t n = b.inner;
-  if (n == 0) fail("max: cannot reduce over an empty dim of a tensor with {} elements", b.data.numel());
+  if (n == 0) fail("{}: cannot reduce over an empty dim of shape {}", op, shape);
   return reduce_kernel(b, [n](const float* v) {
     int64_t best = 0;
     for (int64_t i = 1; i < n; ++i)
@@ -340,7 +340,7 @@ Tensor block_argmax(const Blocks& b) {
 
 Tensor max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   Blocks b = make_blocks(x, dims, keepdim, "max");
-  Tensor idx = block_argmax(b);
+  Tensor idx = block_argmax(b, "max", x.shape());
   Tensor out = empty(b.out_shape);
   for (int64_t i = 0; i < b.outer; ++i)
     out.data_ptr()[i] = b.data.data_ptr()[i * b.inner + int64_t(idx.data_ptr()[i])];
@@ -361,11 +361,12 @@ Tensor max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 
 Tensor argmax(const Tensor& x) {
   check_defined(x, "argmax", "x");
-  return block_argmax(make_blocks(x.reshape({-1}), {}, false, "argmax"));
+  return block_argmax(make_blocks(x.reshape({-1}), {}, false, "argmax"), "argmax", x.shape());
 }
 
 Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
-  return block_argmax(make_blocks(x, {dim}, keepdim, "argmax"));
+  check_defined(x, "argmax", "x");
+  return block_argmax(make_blocks(x, {dim}, keepdim, "argmax"), "argmax", x.shape());
 }
 
 // Tensor method forms.

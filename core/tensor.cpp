@@ -290,6 +290,14 @@ void check_inplace(const Tensor& t, const char* op) {
          op, t.shape());
 }
 void bump(const Tensor& t) { t.storage()->version++; }
+// `other` must broadcast to t's shape; checked up front so the error names the in-place op.
+void check_other(const Tensor& t, const Tensor& other, const char* op) {
+  if (!other.defined()) fail("{}: other is an undefined tensor", op);
+  const Shape &a = other.shape(), &b = t.shape();
+  bool ok = a.size() <= b.size();
+  for (size_t i = 1; ok && i <= a.size(); ++i) ok = a[a.size() - i] == 1 || a[a.size() - i] == b[b.size() - i];
+  if (!ok) fail("{}: other of shape {} cannot be broadcast to shape {}", op, a, b);
+}
 }  // namespace
 
 Tensor& Tensor::copy_(const Tensor& src) {
@@ -316,34 +324,39 @@ Tensor& Tensor::fill_(float value) {
 Tensor& Tensor::zero_() { return fill_(0.0f); }
 Tensor& Tensor::add_(const Tensor& other, float alpha) {
   check_inplace(*this, "add_");
+  check_other(*this, other, "add_");
   Tensor r;
   {
     NoGradGuard g;
     r = alpha == 1.0f ? add(*this, other) : add(*this, mul(other, scalar_tensor(alpha)));
   }
-  if (r.shape() != shape())
-    fail("add_: other of shape {} cannot be broadcast to shape {}", other.shape(), shape());
   detail::copy_into(*this, r);
   bump(*this);
   return *this;
 }
-Tensor& Tensor::sub_(const Tensor& other) { return add_(other, -1.0f); }
+Tensor& Tensor::sub_(const Tensor& other) {
+  check_inplace(*this, "sub_");  // named here, not as add_
+  check_other(*this, other, "sub_");
+  return add_(other, -1.0f);
+}
 Tensor& Tensor::mul_(const Tensor& other) {
   check_inplace(*this, "mul_");
+  check_other(*this, other, "mul_");
   Tensor r;
   {
     NoGradGuard g;
     r = mul(*this, other);
   }
-  if (r.shape() != shape())
-    fail("mul_: other of shape {} cannot be broadcast to shape {}", other.shape(), shape());
   detail::copy_into(*this, r);
   bump(*this);
   return *this;
 }
 Tensor& Tensor::add_(float v) { return add_(scalar_tensor(v)); }
 Tensor& Tensor::mul_(float v) { return mul_(scalar_tensor(v)); }
-Tensor& Tensor::div_(float v) { return mul_(scalar_tensor(1.0f / v)); }
+Tensor& Tensor::div_(float v) {
+  check_inplace(*this, "div_");
+  return mul_(scalar_tensor(1.0f / v));
+}
 
 // ---------------------------------------------------------------- printing
 

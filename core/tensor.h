@@ -10,6 +10,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "error.h"
@@ -119,7 +120,8 @@ class Tensor {
   bool requires_grad() const;
   Tensor& requires_grad_(bool on = true);
   bool is_leaf() const;
-  // Accumulated gradient (undefined until a backward reaches this tensor).
+  // Accumulated gradient (undefined until a backward reaches this tensor):
+  // contiguous and this tensor's own, so it may be written in place.
   Tensor grad() const;
   Tensor& mutable_grad();  // the stored gradient itself, e.g. for optimizers
   void set_grad(const Tensor& g);
@@ -134,6 +136,9 @@ class Tensor {
   void check_defined(const char* what) const;
   std::shared_ptr<TensorImpl> impl_;
 };
+
+// Named tensors in order: a state_dict, a checkpoint's contents.
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
