@@ -133,7 +133,7 @@ TEST_CASE("autograd: backward with an explicit gradient for a non-scalar output"
   NORMA_CHECK_CLOSE(p.grad(), tensor({6}), 0, 0);
 }
 
-TEST_CASE("autograd: retain_graph allows a second backward; without it the graph is freed") {
+TEST_CASE("autograd: retain_graph allows a second backward, without it the graph is freed") {
   Tensor x = tensor({1, 2}).requires_grad_();
   Tensor y = (x * x).sum();
   y.backward(Tensor(), /*retain_graph=*/true);

@@ -119,7 +119,7 @@ TEST_CASE("BatchNorm2d: NHWC equals NCHW on the permuted input") {
   NORMA_CHECK_CLOSE(b.running_var, a.running_var, 1e-6, 1e-7);
 }
 
-TEST_CASE("BatchNorm2d: momentum None is the cumulative average; schedule switches at its floor") {
+TEST_CASE("BatchNorm2d: momentum None is the cumulative average, schedule switches at its floor") {
   manual_seed(8);
   BatchNorm2d cum(BatchNorm2dOptions(1).momentum(MomentumRule::cumulative()));
   BatchNorm2d sched(BatchNorm2dOptions(1).momentum(MomentumRule::schedule(1.0, 0.1)));

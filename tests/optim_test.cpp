@@ -156,7 +156,7 @@ TEST_CASE("SGD: the first step copies the gradient into the momentum buffer, und
   CHECK(opt.state(0).step == 2);
 }
 
-TEST_CASE("SGD: without momentum it keeps no state; nesterov looks ahead") {
+TEST_CASE("SGD: without momentum it keeps no state, nesterov looks ahead") {
   Tensor p = scalar_param(1.0f, 1.0f);
   SGD plain({p}, 0.5);
   plain.step();

@@ -169,7 +169,7 @@ TEST_CASE("safetensors: round trip is bit-exact, with metadata") {
   CHECK(dir.listing() == std::vector<std::string>{"model.safetensors"});  // no temporary left behind
 }
 
-TEST_CASE("safetensors: writes the reference layout; num_batches_tracked as I64") {
+TEST_CASE("safetensors: writes the reference layout, num_batches_tracked as I64") {
   TempDir dir;
   std::string path = dir.file("m.safetensors");
   save_safetensors(path, {{"b", tensor({1})}, {"a", tensor({2, 3})}, {"bn.num_batches_tracked", scalar_tensor(7)}},
@@ -195,7 +195,7 @@ TEST_CASE("safetensors: writes the reference layout; num_batches_tracked as I64"
   CHECK(read_bytes(path) == u64_bytes(8) + "{}      ");
 }
 
-TEST_CASE("safetensors: loads F64, I64 and I32; rejects other dtypes and inexact integers") {
+TEST_CASE("safetensors: loads F64, I64 and I32, rejects other dtypes and inexact integers") {
   std::string header =
       R"({"d":{"dtype":"F64","shape":[2],"data_offsets":[0,16]},"l":{"dtype":"I64","shape":[2],"data_offsets":[16,32]},)"
       R"("i":{"dtype":"I32","shape":[2],"data_offsets":[32,40]}})";

@@ -405,10 +405,14 @@ TEST_CASE("tensor: in-place ops write through, broadcast and bump the version") 
   m.narrow(1, 1, 1).mul_(0.0f);
   NORMA_CHECK_CLOSE(m, tensor({11, 0, 13, 21, 0, 23}), 0, 0);
 
-  // An overlapping source is read before it is overwritten: shifting right by one.
+  // An overlapping source is read before it is overwritten: shifting right by
+  // one, and transposing in place (a strided read of the memory being written).
   Tensor s = tensor({1, 2, 3, 4});
   s.narrow(0, 1, 3).copy_(s.narrow(0, 0, 3));
   NORMA_CHECK_CLOSE(s, tensor({1, 1, 2, 3}), 0, 0);
+  Tensor sq = from_vector({1, 2, 3, 4}, {2, 2});
+  sq.copy_(sq.t());
+  NORMA_CHECK_CLOSE(sq, tensor({1, 3, 2, 4}), 0, 0);
 }
 
 // ---------------------------------------------------------------- random
