@@ -152,6 +152,13 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     fail("batch_norm2d: running statistics are needed when not using batch statistics (input {})", x.shape());
   if (a.momentum >= 0 && (!running_mean.defined() || !running_var.defined()))
     fail("batch_norm2d: a running-statistics update needs running_mean and running_var (input {})", x.shape());
+  std::vector<Tensor> inputs{x};  // what the gradient flows into
+  if (a.affine_grad) inputs.insert(inputs.end(), {weight, bias});
+  if (a.inplace && autograd::needs_grad(inputs))
+    fail("batch_norm2d: inplace=true overwrites the input {}, so no gradient can flow through it "
+         "(run inference under NoGradGuard, or set inplace=false)", x.shape());
+  if (a.inplace && !x.is_contiguous())
+    fail("batch_norm2d: inplace=true needs a contiguous input, got {} with strides {}", x.shape(), x.strides());
 
   Tensor xc = x.contiguous();
   // mean and invstd in double, shared with the backward closure (they are
@@ -183,12 +190,14 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   }
   Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
   Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
-  Tensor y = empty(x.shape());
+  Tensor y = a.inplace ? x : empty(x.shape());
   batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), wc.defined() ? wc.data_ptr() : nullptr,
                       bc.defined() ? bc.data_ptr() : nullptr, N, C, HW, a.layout);
+  if (a.inplace) {  // no graph to record (checked above)
+    x.storage()->version++;
+    return y;
+  }
 
-  std::vector<Tensor> inputs{x};
-  if (a.affine_grad) inputs.insert(inputs.end(), {weight, bias});
   autograd::record(y, "batch_norm2d", inputs, [x, weight, bias, xc, wc, mean, invstd, N, C, HW, a](const Tensor& dy) {
     Tensor dyc = dy.contiguous();
     Tensor dx = x.requires_grad() ? empty(x.shape()) : Tensor();
@@ -210,7 +219,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
 // ---------------------------------------------------------------- the module
 
 BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options(o) {
-  if (o.num_features_ <= 0) fail("BatchNorm2d: num_features must be positive, got {}", o.num_features_);
+  if (o.num_features_ < 0)
+    fail("BatchNorm2d: num_features must be positive (or 0 for lazy), got {}", o.num_features_);
   if (!(o.eps_ > 0) || !std::isfinite(o.eps_)) fail("BatchNorm2d: eps must be positive and finite, got {}", o.eps_);
   const MomentumRule& m = o.momentum_;
   if (!(m.init_factor >= 0 && m.init_factor <= 1) || !(m.min_factor >= 0 && m.min_factor <= 1))
@@ -218,12 +228,25 @@ BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options(o) {
          m.min_factor);
   if (o.freeze_ && !o.track_running_stats_)
     fail("BatchNorm2d: freeze=true needs track_running_stats=true (it normalises with the running statistics)");
-  const int64_t C = o.num_features_;
-  if (o.affine_) {
-    weight = register_parameter("weight", empty({C}), !o.freeze_);
-    bias = register_parameter("bias", empty({C}), !o.freeze_);
+  if (o.num_features_ > 0) {
+    options.num_features_ = 0;
+    materialize(o.num_features_);
   }
-  if (o.track_running_stats_) {
+}
+
+void BatchNorm2d::materialize(int64_t C) {
+  if (C <= 0) fail("BatchNorm2d: cannot materialize with {} channels", C);
+  if (is_materialized()) {
+    if (C != options.num_features_)
+      fail("BatchNorm2d: already has {} channels, cannot materialize with {}", options.num_features_, C);
+    return;
+  }
+  options.num_features_ = C;
+  if (options.affine_) {
+    weight = register_parameter("weight", empty({C}), !options.freeze_);
+    bias = register_parameter("bias", empty({C}), !options.freeze_);
+  }
+  if (options.track_running_stats_) {
     running_mean = register_buffer("running_mean", zeros({C}));
     running_var = register_buffer("running_var", ones({C}));
     num_batches_tracked = register_buffer("num_batches_tracked", zeros({}));
@@ -232,7 +255,7 @@ BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options(o) {
 }
 
 void BatchNorm2d::reset_running_stats() {
-  if (!options.track_running_stats_) return;
+  if (!options.track_running_stats_ || !is_materialized()) return;
   NoGradGuard g;
   running_mean.fill_(0.0f);
   running_var.fill_(1.0f);
@@ -241,7 +264,7 @@ void BatchNorm2d::reset_running_stats() {
 
 void BatchNorm2d::reset_parameters() {
   reset_running_stats();
-  if (!options.affine_) return;
+  if (!options.affine_ || !is_materialized()) return;
   NoGradGuard g;
   if (options.weight_init_) options.weight_init_(weight); else weight.fill_(1.0f);
   if (options.bias_init_) options.bias_init_(bias); else bias.fill_(0.0f);
@@ -249,14 +272,17 @@ void BatchNorm2d::reset_parameters() {
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
   const BatchNorm2dOptions& o = options;
+  if (!is_materialized() && x.defined() && x.dim() == 4) materialize(x.size(o.layout_ == Layout::NCHW ? 1 : 3));
   BatchNormArgs a;
   a.eps = o.eps_;
   a.layout = o.layout_;
   a.unbiased_running_var = o.unbiased_running_var_;
   a.variance_method = o.variance_method_;
   a.affine_grad = !o.freeze_;
+  a.inplace = o.inplace_;
   a.use_batch_stats = !o.track_running_stats_ || (is_training() && !o.freeze_);
-  const bool update = o.track_running_stats_ && is_training() && !o.freeze_;
+  // Not materialized here means x is not 4-D: the op reports it.
+  const bool update = o.track_running_stats_ && is_training() && !o.freeze_ && is_materialized();
   // t counts this forward; the counter itself advances only after the op succeeded.
   if (update) a.momentum = o.momentum_.factor(int64_t(num_batches_tracked.item()) + 1);
   if (o.inplace_ && is_training())
@@ -266,23 +292,18 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
     NoGradGuard g;
     num_batches_tracked.add_(1.0f);
   }
-  if (o.inplace_ && !autograd::needs_grad({x}) && x.is_contiguous()) {
-    // Eval in place: the result goes back into the input's storage.
-    NoGradGuard g;
-    Tensor xi = x;
-    xi.copy_(y);
-    return xi;
-  }
   return y;
 }
 
 std::string BatchNorm2d::extra_repr() const {
   const auto& o = options;
-  std::string mom = o.momentum_.init_factor == 0 ? fmt::format("{}", o.momentum_.min_factor)
+  // 6 digits: a decay 0.9 shows as PyTorch's 0.1, not 0.09999999999999998.
+  std::string mom = o.momentum_.init_factor == 0 ? fmt::format("{:.6g}", o.momentum_.min_factor)
                     : o.momentum_.min_factor == 0 && o.momentum_.init_factor == 1
                         ? "None"
-                        : fmt::format("max({}/t, {})", o.momentum_.init_factor, o.momentum_.min_factor);
-  return fmt::format("{}, eps={}, momentum={}, affine={}, track_running_stats={}", o.num_features_, o.eps_, mom,
+                        : fmt::format("max({:.6g}/t, {:.6g})", o.momentum_.init_factor, o.momentum_.min_factor);
+  return fmt::format("{}, eps={}, momentum={}, affine={}, track_running_stats={}",
+                     o.num_features_ > 0 ? fmt::format("{}", o.num_features_) : "lazy", o.eps_, mom,
                      o.affine_ ? "True" : "False", o.track_running_stats_ ? "True" : "False");
 }
 

@@ -17,6 +17,8 @@
 //   dbeta = sum(dy)   dgamma = sum(dy * xhat)
 //   dx_i = invstd * gamma * (dy_i - sum(dy) / M - xhat_i * sum(dy * xhat) / M)
 // and with fixed (running) statistics: dx_i = dy_i * gamma * invstd.
+// Presets for PyTorch, R torch, MegEngine, BrainPy, numpy-ml and PuzzleLib:
+// batchnorm_presets.h.
 #pragma once
 #include <functional>
 
@@ -55,6 +57,8 @@ struct BatchNorm2dOptions {
 #define NORMA_ARG(T, name) \
   BatchNorm2dOptions& name(T v) { name##_ = std::move(v); return *this; } \
   T name##_
+  // 0 means lazy (numpy-ml): the channel count is taken from the first input,
+  // whose forward creates the parameters and buffers (see BatchNorm2d::materialize).
   NORMA_ARG(int64_t, num_features);
   NORMA_ARG(double, eps) = 1e-5;
   NORMA_ARG(MomentumRule, momentum) = MomentumRule::pytorch(0.1);
@@ -67,7 +71,8 @@ struct BatchNorm2dOptions {
   NORMA_ARG(VarianceMethod, variance_method) = VarianceMethod::two_pass;
   NORMA_ARG(TensorInit, weight_init) = nullptr;  // default: ones
   NORMA_ARG(TensorInit, bias_init) = nullptr;    // default: zeros
-  // In eval, write the output over the input (no extra memory); an error in training.
+  // In eval, write the output over the input (PuzzleLib; no extra memory); an
+  // error in training. Inference only: no gradient may flow through the layer.
   NORMA_ARG(bool, inplace) = false;
 #undef NORMA_ARG
 };
@@ -81,13 +86,16 @@ struct BatchNormArgs {
   bool unbiased_running_var = true;
   VarianceMethod variance_method = VarianceMethod::two_pass;
   bool affine_grad = true;       // false: gamma and beta get no gradient (freeze)
+  // Write y over x (x contiguous, nothing needing a gradient); y is then x itself.
+  bool inplace = false;
 };
 
 // ---- kernels on raw contiguous pointers. M = N * HW values per channel.
 // Batch statistics of each channel, in double.
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method);
-// y = (x - mean) * invstd * gamma + beta; gamma/beta null means 1/0.
+// y = (x - mean) * invstd * gamma + beta; gamma/beta null means 1/0. y may
+// be x (in place): each element is read, then written, at the same index.
 void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
                          const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout);
 // dx (may be null), dgamma and dbeta (may be null). batch_stats selects the
@@ -98,21 +106,30 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
 
 // ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
 // bias (C) may be undefined (affine off); running_mean/var (C) are updated in
-// place when args.momentum >= 0, and used when !args.use_batch_stats.
+// place when args.momentum >= 0, and used when !args.use_batch_stats. With
+// args.inplace the result is written over x and x is returned.
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                     const Tensor& running_var, const BatchNormArgs& args);
 
+// A lazy module (num_features 0) has no parameters and buffers until its
+// first forward (or materialize()): build the optimizer after that forward, and
+// materialize() a fresh lazy module before loading a checkpoint into it.
 class BatchNorm2d : public Module {
  public:
   explicit BatchNorm2d(const BatchNorm2dOptions& options);
   explicit BatchNorm2d(int64_t num_features) : BatchNorm2d(BatchNorm2dOptions(num_features)) {}
   Tensor forward(const Tensor& x) override;
+  // Creates the parameters and buffers for C channels and initialises them
+  // (what the constructor does when num_features > 0); a no-op when the module
+  // already has C channels, an error when it has another count.
+  void materialize(int64_t C);
+  bool is_materialized() const { return options.num_features_ > 0; }
   void reset_running_stats();
   void reset_parameters();
   std::string name() const override { return "BatchNorm2d"; }
   std::string extra_repr() const override;
 
-  BatchNorm2dOptions options;
+  BatchNorm2dOptions options;  // num_features_ is set by materialize() for a lazy module
   Tensor weight;               // (C) gamma; undefined without affine
   Tensor bias;                 // (C) beta; undefined without affine
   Tensor running_mean;         // (C) buffer; undefined without track_running_stats

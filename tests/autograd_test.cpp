@@ -278,6 +278,52 @@ TEST_CASE("autograd: a saved tensor modified in place makes backward throw") {
   NORMA_CHECK_CLOSE(w.grad(), tensor({4, 5}), 0, 0);
 }
 
+TEST_CASE("autograd: every op whose backward reads a tensor guards it with the version counter") {
+  using Op = Tensor (*)(const Tensor&, const Tensor&);
+  // (op, name): the op's backward reads x; x is written in place (under NoGradGuard) after the forward.
+  const std::pair<Op, const char*> ops[] = {
+      {[](const Tensor& x, const Tensor& w) { return mul(x, w); }, "mul"},
+      {[](const Tensor& x, const Tensor& w) { return div(w, x); }, "div"},
+      {[](const Tensor& x, const Tensor& w) { return maximum(x, w); }, "maximum"},
+      {[](const Tensor& x, const Tensor& w) { return minimum(x, w); }, "minimum"},
+      {[](const Tensor& x, const Tensor& w) { return log(x) * w; }, "log"},
+      {[](const Tensor& x, const Tensor& w) { return abs(x) * w; }, "abs"},
+      {[](const Tensor& x, const Tensor& w) { return pow(x, 3) * w; }, "pow"},
+      {[](const Tensor& x, const Tensor& w) { return var(x) * w; }, "var"},
+      {[](const Tensor& x, const Tensor& w) { return matmul(x.unsqueeze(0), w.unsqueeze(1)); }, "matmul"},
+      {[](const Tensor& x, const Tensor& w) { return where(x, w, w * 2.0f); }, "where"},
+  };
+  for (const auto& [op, name] : ops) {
+    CAPTURE(name);
+    Tensor x = tensor({1, 2, 3}).requires_grad_();
+    Tensor w = tensor({0.5f, 3, 1}).requires_grad_();
+    Tensor y = op(x, w).sum();
+    {
+      NoGradGuard g;
+      x.mul_(2.0f);
+    }
+    CHECK_THROWS_WITH(y.backward(), Catch::Contains(fmt::format("saved by '{}'", name)));
+  }
+  // Ops that save their output: written under NoGradGuard.
+  using Unary = Tensor (*)(const Tensor&);
+  const std::pair<Unary, const char*> unary[] = {
+      {[](const Tensor& x) { return exp(x); }, "exp"},
+      {[](const Tensor& x) { return sqrt(x); }, "sqrt"},
+      {[](const Tensor& x) { return rsqrt(x); }, "rsqrt"},
+      {[](const Tensor& x) { return relu(x); }, "relu"},
+  };
+  for (const auto& [op, name] : unary) {
+    CAPTURE(name);
+    Tensor w = tensor({0.5f, 3, 1}).requires_grad_();
+    Tensor y = op(w);
+    {
+      NoGradGuard g;
+      y.add_(1.0f);
+    }
+    CHECK_THROWS_WITH(y.sum().backward(), Catch::Contains(fmt::format("saved by '{}'", name)));
+  }
+}
+
 TEST_CASE("autograd: in-place ops on tensors that require grad need NoGradGuard") {
   Tensor w = tensor({1, 2}).requires_grad_();
   CHECK_THROWS_WITH(w.add_(1.0f), Catch::Contains("add_: in-place operation on a tensor of shape (2,) that requires grad"));

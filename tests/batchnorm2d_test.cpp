@@ -146,7 +146,7 @@ TEST_CASE("BatchNorm2d: errors") {
   CHECK_THROWS_WITH(bn.forward(zeros({2, 4, 2, 2})),
                     Catch::Contains("batch_norm2d: weight has shape (3,) but input (2, 4, 2, 2) has 4 channels"));
   CHECK_THROWS_WITH(bn.forward(zeros({2, 3, 2})), Catch::Contains("batch_norm2d: expected a 4-D input (N, C, H, W), got (2, 3, 2)"));
-  CHECK_THROWS_WITH(BatchNorm2d(0), Catch::Contains("BatchNorm2d: num_features must be positive, got 0"));
+  CHECK_THROWS_WITH(BatchNorm2d(-1), Catch::Contains("BatchNorm2d: num_features must be positive (or 0 for lazy), got -1"));
   CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).eps(0)), Catch::Contains("BatchNorm2d: eps must be positive"));
   CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).momentum(MomentumRule::pytorch(1.5))),
                     Catch::Contains("momentum factors must lie in [0, 1]"));
