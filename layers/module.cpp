@@ -54,7 +54,11 @@ void Module::replace_tensor(const std::string& n, const Tensor& t) {
 }
 
 namespace {
-std::string join(const std::string& prefix, const std::string& n) { return prefix.empty() ? n : prefix + "." + n; }
+// "features" + "0" -> "features.0"; either side may be empty (the root module).
+std::string join(const std::string& prefix, const std::string& n) {
+  if (prefix.empty()) return n;
+  return n.empty() ? prefix : prefix + "." + n;
+}
 }  // namespace
 
 std::vector<std::pair<std::string, Module*>> Module::named_modules() {
