@@ -6,6 +6,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../core/autograd.h"
@@ -251,7 +252,13 @@ void BatchNorm2d::materialize(int64_t C) {
     running_var = register_buffer("running_var", ones({C}));
     num_batches_tracked = register_buffer("num_batches_tracked", zeros({}));
   }
-  reset_parameters();
+  if (!options.skip_init_) {
+    reset_parameters();
+    return;
+  }
+  NoGradGuard g;  // skip_init: NaN until a checkpoint is loaded
+  for (Tensor* t : {&weight, &bias, &running_mean, &running_var})
+    if (t->defined()) t->fill_(std::numeric_limits<float>::quiet_NaN());
 }
 
 void BatchNorm2d::reset_running_stats() {

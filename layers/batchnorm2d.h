@@ -74,6 +74,10 @@ struct BatchNorm2dOptions {
   // In eval, write the output over the input (PuzzleLib; no extra memory); an
   // error in training. Inference only: no gradient may flow through the layer.
   NORMA_ARG(bool, inplace) = false;
+  // PuzzleLib's empty: run no initialiser (the random generator is not drawn
+  // from). Parameters and running statistics hold NaN until a checkpoint is
+  // loaded, so a forward before loading shows up instead of computing with garbage.
+  NORMA_ARG(bool, skip_init) = false;
 #undef NORMA_ARG
 };
 

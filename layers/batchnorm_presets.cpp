@@ -51,11 +51,11 @@ BatchNorm2dOptions numpy_ml(int64_t num_features, double momentum) {
 }
 
 BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor, double min_factor, double sscale, bool affine,
-                             bool inplace) {
+                             bool inplace, bool empty) {
   if (!(sscale >= 0) || !std::isfinite(sscale))
     fail("bn_presets::puzzlelib: sscale must be finite and >= 0, got {}", sscale);
   BatchNorm2dOptions o(maps);
-  o.momentum(MomentumRule::schedule(init_factor, min_factor)).affine(affine).inplace(inplace);
+  o.momentum(MomentumRule::schedule(init_factor, min_factor)).affine(affine).inplace(inplace).skip_init(empty);
   o.weight_init_ = [sscale](Tensor& w) { init::normal_(w, 1.0, sscale); };
   return o;
 }

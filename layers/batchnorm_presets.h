@@ -76,13 +76,13 @@ BatchNorm2dOptions brainpy(int64_t num_features, BrainPyVersion version = BrainP
 BatchNorm2dOptions numpy_ml(int64_t num_features = 0, double momentum = 0.9);
 
 // PuzzleLib's BatchNorm2D(maps, epsilon=1e-5, initFactor=1.0, minFactor=0.1,
-// sscale=0.01, affine=True, inplace=False): p_t = max(init_factor/t,
+// sscale=0.01, affine=True, empty=False, inplace=False): p_t = max(init_factor/t,
 // min_factor) (defaults: the cumulative average for 9 steps, then 0.1), scale
 // normal(1, sscale) and exactly 1 without affine, bias zeros; inplace (eval
-// only, inference under NoGradGuard) writes the output over the input.
-// PuzzleLib's `empty` (skip initialisation) has no counterpart.
+// only, inference under NoGradGuard) writes the output over the input; empty
+// runs no initialiser and leaves NaN until a checkpoint is loaded (skip_init).
 BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor = 1.0, double min_factor = 0.1, double sscale = 0.01,
-                             bool affine = true, bool inplace = false);
+                             bool affine = true, bool inplace = false, bool empty = false);
 
 // The names preset_by_name accepts, in the table's order:
 // pytorch, r_torch, megengine, brainpy, brainpy-2.8, numpy_ml, puzzlelib.
