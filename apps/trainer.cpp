@@ -1,0 +1,434 @@
+// The training loop: data, model, optimizer, schedule, checkpoints, metrics.
+#include "trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include <norma/norma.h>
+
+#include "progress.h"
+
+namespace norma::app {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::atomic<int> g_signal{0};
+extern "C" void on_signal(int sig) { g_signal = sig; }
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Correct predictions (argmax of each logits row equals the target).
+int64_t count_correct(const Tensor& logits, const Tensor& targets) {
+  const Tensor l = logits.contiguous();
+  const std::vector<float> t = targets.to_vector();
+  const int64_t N = l.shape()[0], C = l.shape()[1];
+  const float* p = l.data_ptr();
+  int64_t correct = 0;
+  for (int64_t i = 0; i < N; ++i) {
+    int64_t best = 0;
+    for (int64_t c = 1; c < C; ++c)
+      if (p[i * C + c] > p[i * C + best]) best = c;
+    correct += best == static_cast<int64_t>(t[i]);
+  }
+  return correct;
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, nn::Module& model) {
+  auto groups = optim::decay_groups(model, c.weight_decay);
+  if (c.optimizer == "sgd")
+    return std::make_unique<optim::SGD>(groups, c.lr, c.momentum, 0.0, c.weight_decay, c.nesterov && c.momentum > 0);
+  if (c.optimizer == "adam")
+    return std::make_unique<optim::Adam>(groups, c.lr, std::pair{0.9, 0.999}, 1e-8, c.weight_decay);
+  if (c.optimizer == "adamw")
+    return std::make_unique<optim::AdamW>(groups, c.lr, std::pair{0.9, 0.999}, 1e-8, c.weight_decay);
+  fail("--optimizer: '{}' is not one of sgd, adam, adamw", c.optimizer);
+}
+
+// The per-step schedule over total_steps, with `warmup_steps` of linear warm-up
+// (from 0.1 x lr); null for a constant lr without warm-up.
+std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::Optimizer& opt, int64_t total_steps,
+                                                  int64_t warmup_steps) {
+  using namespace optim;
+  if (c.schedule == "onecycle") {
+    OneCycleOptions o;
+    if (warmup_steps > 0) o.pct_start = static_cast<double>(warmup_steps) / total_steps;
+    o.cycle_momentum = c.optimizer != "sgd" || c.momentum > 0;
+    return std::make_shared<OneCycleLR>(opt, c.lr, total_steps, o);
+  }
+  std::shared_ptr<LRScheduler> main;
+  const int64_t rest = std::max<int64_t>(1, total_steps - warmup_steps);
+  if (c.schedule == "cosine")
+    main = std::make_shared<CosineAnnealingLR>(opt, rest);
+  else if (c.schedule == "step")
+    main = std::make_shared<MultiStepLR>(opt, std::vector<int64_t>{rest / 2, rest * 3 / 4}, 0.1);
+  else if (c.schedule != "constant")
+    fail("--schedule: '{}' is not one of onecycle, cosine, step, constant", c.schedule);
+  if (warmup_steps == 0) return main;
+  auto warm = std::make_shared<LinearLR>(opt, 0.1, 1.0, warmup_steps);
+  if (!main) return warm;
+  return std::make_shared<SequentialLR>(opt, std::vector<std::shared_ptr<LRScheduler>>{warm, main},
+                                        std::vector<int64_t>{warmup_steps});
+}
+
+void check_config(const TrainConfig& c) {
+  if (c.epochs < 1) fail("--epochs: must be at least 1, got {}", c.epochs);
+  if (c.batch_size < 2) fail("--batch-size: must be at least 2 (BatchNorm needs 2 values per channel), got {}", c.batch_size);
+  if (!(c.lr > 0) || !std::isfinite(c.lr)) fail("--lr: must be a positive finite number, got {}", c.lr);
+  if (!(c.momentum >= 0 && c.momentum < 1)) fail("--momentum: must be in [0, 1), got {}", c.momentum);
+  if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay))
+    fail("--weight-decay: must be a finite number >= 0, got {}", c.weight_decay);
+  if (!(c.warmup >= 0 && c.warmup < c.epochs))
+    fail("--warmup: must be in [0, epochs = {}), got {}", c.epochs, c.warmup);
+  if (!(c.label_smoothing >= 0 && c.label_smoothing < 1))
+    fail("--label-smoothing: must be in [0, 1), got {}", c.label_smoothing);
+  if (c.limit == 0 || c.limit < -1) fail("--limit: must be a positive number of images, got {}", c.limit);
+  if (c.threads < 0) fail("--threads: must be >= 1, got {}", c.threads);
+  if (c.bn_stats_every < 1) fail("--bn-stats-every: must be >= 1, got {}", c.bn_stats_every);
+}
+
+// Fails now, before any training, if `path` cannot be written (its directory
+// is missing or read-only), rather than after the first epoch.
+void check_writable(const char* flag, const std::string& path) {
+  if (path.empty()) return;
+  const std::string probe = path + ".probe." + std::to_string(::getpid());
+  std::FILE* f = std::fopen(probe.c_str(), "wb");
+  if (!f) fail("{}: cannot write '{}': {}", flag, path, std::strerror(errno));
+  std::fclose(f);
+  std::remove(probe.c_str());
+}
+
+// Writes `text` to path atomically (temporary beside it, then rename).
+void write_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) fail("cannot write '{}': {}", tmp, std::strerror(errno));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::remove(tmp.c_str());
+    fail("cannot rename '{}' to '{}': {}", tmp, path, why);
+  }
+}
+
+// Draws train/test loss and accuracy per epoch from the metrics CSV.
+void plot_metrics(const std::string& csv, const std::string& png) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
+    fmt::print(stderr, "norma: --plot: gnuplot is not installed, so no plot was drawn (apt-get install gnuplot-nox); "
+                       "the figures are in {}\n", csv);
+    return;
+  }
+  const std::string tmp = png + ".tmp.png";
+  const std::string script = fmt::format(
+      "set terminal pngcairo size 1100,420 font ',10'\nset output '{1}'\nset datafile separator ','\n"
+      "set key autotitle columnhead\nset grid\nset xlabel 'epoch'\nset multiplot layout 1,2\n"
+      "set title 'loss'\nset logscale y\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:5 with linespoints title 'train', "
+      "'' using 2:7 with linespoints title 'test'\n"
+      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:6 with linespoints "
+      "title 'train', '' using 2:8 with linespoints title 'test'\nunset multiplot\n",
+      csv, tmp);
+  std::FILE* gp = ::popen("gnuplot 2>&1", "w");
+  if (!gp) fail("--plot: cannot start gnuplot: {}", std::strerror(errno));
+  std::fputs(script.c_str(), gp);
+  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}'", png, csv);
+  if (std::rename(tmp.c_str(), png.c_str()) != 0) fail("--plot: cannot rename '{}' to '{}'", tmp, png);
+}
+
+const char* kMetricsHeader = "kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s";
+
+// Rows of an earlier run's metrics file up to `step`, for a resumed run.
+std::vector<std::string> read_metrics_until(const std::string& path, int64_t step) {
+  std::vector<std::string> rows;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line.starts_with("kind,")) continue;
+    // kind,epoch,step,...
+    const size_t a = line.find(','), b = line.find(',', a + 1), c = line.find(',', b + 1);
+    if (a == std::string::npos || c == std::string::npos) continue;
+    if (std::stoll(line.substr(b + 1, c - b - 1)) <= step) rows.push_back(line);
+  }
+  return rows;
+}
+
+}  // namespace
+
+int interrupt_signal() { return g_signal.load(); }
+
+double peak_rss_mb() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+std::shared_ptr<nn::Module> build_model(const std::string& model, const std::string& bn_preset,
+                                        std::shared_ptr<dist::ProcessGroup> pg) {
+  nn::bn_presets::preset_by_name(bn_preset, 1);  // an unknown name fails here, listing the accepted ones
+  auto bn = [bn_preset, pg](int64_t c) -> nn::ModulePtr {
+    nn::BatchNorm2dOptions o = nn::bn_presets::preset_by_name(bn_preset, c);
+    o.layout(nn::Layout::NCHW);  // Norma's convolutions are NCHW; statistics are per channel either way
+    if (pg) o.process_group(pg);
+    return std::make_shared<nn::BatchNorm2d>(o);
+  };
+  return nn::make_model(model, bn);
+}
+
+EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size) {
+  const bool was_training = model.is_training();
+  model.eval();
+  NoGradGuard no_grad;
+  data::LoaderOptions lo;
+  lo.batch_size = batch_size;
+  lo.shuffle = false;
+  lo.augment = false;
+  data::DataLoader loader(ds, lo);
+  loader.set_epoch(0);
+  EvalResult r;
+  double loss_sum = 0;
+  int64_t correct = 0;
+  const auto t0 = Clock::now();
+  while (auto b = loader.next()) {
+    Tensor logits = model.forward(b->images);
+    loss_sum += nn::cross_entropy(logits, b->targets, nn::Reduction::sum).item();
+    correct += count_correct(logits, b->targets);
+    r.images += b->targets.numel();
+  }
+  r.img_per_s = r.images / seconds_since(t0);
+  r.loss = loss_sum / r.images;
+  r.acc = static_cast<double>(correct) / r.images;
+  model.train(was_training);
+  return r;
+}
+
+TrainResult train(const TrainConfig& c) {
+  check_config(c);
+  const auto t_start = Clock::now();
+  const int rank = c.process_group ? c.process_group->rank() : 0;
+  const int world = c.process_group ? c.process_group->size() : 1;
+  const bool lead = rank == 0;  // only rank 0 writes files and prints
+  if (c.threads > 0) set_num_threads(c.threads);
+  if (lead) {
+    check_writable("--checkpoint", c.checkpoint);
+    check_writable("--metrics", c.metrics);
+    check_writable("--bn-stats", c.bn_stats);
+    check_writable("--plot", c.plot);
+  }
+
+  const std::string dir = data::find_cifar10_dir(c.data);
+  const data::CifarDataset train_set = data::CifarDataset::load(dir, data::Split::train, data::CifarKind::cifar10, c.limit);
+  const data::CifarDataset test_set = data::CifarDataset::load(dir, data::Split::test, data::CifarKind::cifar10, c.test_limit);
+  if (train_set.size() < c.batch_size * world)
+    fail("--batch-size: {} x {} process(es) is more than the {} training images", c.batch_size, world, train_set.size());
+  // The last batch is dropped only when it would hold one image per process,
+  // which BatchNorm cannot train on.
+  const bool drop_last = train_set.size() % (c.batch_size * world) < 2 * world &&
+                         train_set.size() % (c.batch_size * world) != 0;
+  data::LoaderOptions lo;
+  lo.batch_size = c.batch_size;
+  lo.seed = c.seed;
+  lo.drop_last = drop_last;
+  lo.augment = c.augment;
+  lo.rank = rank;
+  lo.world_size = world;
+  data::DataLoader loader(train_set, lo);
+
+  manual_seed(c.seed);
+  auto model = build_model(c.model, c.bn_preset, c.sync_bn ? c.process_group : nullptr);
+  // DIST: broadcast_state
+  auto opt = make_optimizer(c, *model);
+  const int64_t steps_per_epoch = loader.num_batches();
+  const int64_t total_steps = steps_per_epoch * c.epochs;
+  const int64_t warmup_steps = static_cast<int64_t>(c.warmup * steps_per_epoch);
+  auto sched = make_schedule(c, *opt, total_steps, warmup_steps);
+
+  // What a checkpoint must agree on to be resumed by this run.
+  const json run = {{"model", c.model},          {"bn_preset", c.bn_preset}, {"epochs", c.epochs},
+                    {"batch_size", c.batch_size}, {"optimizer", c.optimizer}, {"schedule", c.schedule},
+                    {"limit", c.limit},            {"seed", c.seed},           {"world_size", world}};
+  int64_t epoch = 0, step = 0, step_in_epoch = 0;
+  double epoch_loss = 0;
+  int64_t epoch_correct = 0, epoch_seen = 0;
+  std::vector<std::string> metric_rows;
+  if (!c.resume.empty()) {
+    nn::TrainingState s = nn::load_checkpoint(c.resume, *model, opt.get(), sched.get());
+    const json saved = s.extra.value("run", json::object());
+    for (const auto& [key, value] : run.items())
+      if (saved.contains(key) && saved[key] != value)
+        fail("--resume: '{}' was written by a run with {} = {}, but this run has {} = {}; resume with the same "
+             "settings", c.resume, key, saved[key].dump(), key, value.dump());
+    epoch = s.epoch;
+    step = s.step;
+    step_in_epoch = s.extra.value("step_in_epoch", int64_t{0});
+    epoch_loss = s.extra.value("epoch_loss", 0.0);
+    epoch_correct = s.extra.value("epoch_correct", int64_t{0});
+    epoch_seen = s.extra.value("epoch_seen", int64_t{0});
+    if (lead && !c.metrics.empty()) metric_rows = read_metrics_until(c.metrics, step);
+    if (lead && !c.quiet)
+      fmt::print("resumed from {} at epoch {} step {} ({} steps into the epoch)\n", c.resume, epoch + 1, step,
+                 step_in_epoch);
+  }
+
+  nn::BnStatsRecorder bn_stats;
+  auto save = [&](int64_t at_epoch, int64_t in_epoch) {
+    if (!lead || c.checkpoint.empty()) return;
+    json extra = {{"run", run}, {"step_in_epoch", in_epoch}, {"epoch_loss", epoch_loss},
+                  {"epoch_correct", epoch_correct}, {"epoch_seen", epoch_seen}};
+    nn::save_checkpoint(c.checkpoint, *model, opt.get(), sched.get(), {at_epoch, step, extra});
+  };
+  auto write_metrics = [&] {
+    if (!lead || c.metrics.empty()) return;
+    std::string text = std::string(kMetricsHeader) + "\n";
+    for (const auto& r : metric_rows) text += r + "\n";
+    write_atomic(c.metrics, text);
+  };
+
+  g_signal = 0;
+  auto old_int = std::signal(SIGINT, on_signal);
+  auto old_term = std::signal(SIGTERM, on_signal);
+  struct Restore {
+    decltype(old_int) i, t;
+    ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
+  } restore{old_int, old_term};
+
+  TrainResult result;
+  double train_seconds = 0;
+  int64_t train_images = 0;
+  Progress progress(lead && !c.quiet);
+  model->train();
+  for (; epoch < c.epochs; ++epoch) {
+    loader.set_epoch(epoch);
+    for (int64_t i = 0; i < step_in_epoch; ++i) loader.next();  // resumed mid-epoch: skip what was trained
+    const auto t_epoch = Clock::now();
+    double epoch_compute = 0;
+    progress.start_epoch(epoch + 1, c.epochs, steps_per_epoch, step_in_epoch);
+    while (auto b = loader.next()) {
+      const auto t_step = Clock::now();
+      Tensor logits = model->forward(b->images);
+      Tensor loss = nn::cross_entropy(logits, b->targets, nn::Reduction::mean, c.label_smoothing);
+      const float loss_value = loss.item();
+      if (!std::isfinite(loss_value))
+        fail("train: the loss became {} at epoch {} step {} (global step {}); lower --lr or check the data; the last "
+             "checkpoint{} is unchanged", loss_value, epoch + 1, step_in_epoch + 1, step + 1,
+             c.checkpoint.empty() ? "" : " '" + c.checkpoint + "'");
+      opt->zero_grad();
+      loss.backward();
+      // DIST: allreduce_gradients
+      const double lr = opt->param_groups()[0].lr.value_or(c.lr);
+      opt->step();
+      if (sched) sched->step();
+      const int64_t n = b->targets.numel();
+      const int64_t correct = count_correct(logits, b->targets);
+      ++step;
+      ++step_in_epoch;
+      epoch_loss += static_cast<double>(loss_value) * n;
+      epoch_correct += correct;
+      epoch_seen += n;
+      const double dt = seconds_since(t_step);
+      epoch_compute += dt;
+      train_images += n;
+      if (lead && !c.bn_stats.empty() && (step == 1 || step % c.bn_stats_every == 0))
+        bn_stats.record(step, *model, b->images);
+      if (lead && c.metrics_every_step)
+        metric_rows.push_back(fmt::format("step,{},{},{:.6g},{:.6f},{:.6f},,,{:.4f},{:.1f}", epoch + 1, step, lr,
+                                          loss_value, static_cast<double>(correct) / n, dt, n / dt));
+      progress.step(step_in_epoch, loss_value, static_cast<double>(epoch_correct) / epoch_seen,
+                    (epoch_seen * world) / seconds_since(t_epoch));
+      if (c.on_step) c.on_step(step, loss_value);
+      if (g_signal) break;
+    }
+    if (g_signal) {
+      save(epoch, step_in_epoch);
+      write_metrics();
+      progress.finish();
+      if (lead)
+        fmt::print(stderr, "norma: interrupted by {} at epoch {} step {}; {}\n",
+                   g_signal == SIGINT ? "SIGINT" : "SIGTERM", epoch + 1, step,
+                   c.checkpoint.empty() ? "no --checkpoint was given, so nothing was saved"
+                                        : "resume with --resume " + c.checkpoint);
+      result.interrupted = true;
+      break;
+    }
+    train_seconds += epoch_compute;
+    const EvalResult test = evaluate(*model, test_set, 500);
+    result.train_loss = epoch_loss / epoch_seen;
+    result.train_acc = static_cast<double>(epoch_correct) / epoch_seen;
+    result.test_loss = test.loss;
+    result.test_acc = test.acc;
+    const double epoch_s = seconds_since(t_epoch);
+    progress.finish();
+    if (lead && !c.quiet)
+      fmt::print("epoch {:>3}/{}  train loss {:.4f} acc {:.4f}  test loss {:.4f} acc {:.4f}  {:.1f} s  {:.0f} img/s\n",
+                 epoch + 1, c.epochs, result.train_loss, result.train_acc, test.loss, test.acc, epoch_s,
+                 epoch_seen * world / epoch_compute);
+    metric_rows.push_back(fmt::format("epoch,{},{},{:.6g},{:.6f},{:.6f},{:.6f},{:.6f},{:.3f},{:.1f}", epoch + 1, step,
+                                      opt->param_groups()[0].lr.value_or(c.lr), result.train_loss, result.train_acc,
+                                      test.loss, test.acc, epoch_s, epoch_seen * world / epoch_compute));
+    step_in_epoch = 0;
+    epoch_loss = 0;
+    epoch_correct = epoch_seen = 0;
+    save(epoch + 1, 0);
+    write_metrics();
+    if (lead && !c.bn_stats.empty()) bn_stats.write_csv(c.bn_stats);
+  }
+  result.epochs = epoch;
+  result.steps = step;
+  result.train_img_per_s = train_seconds > 0 ? train_images * world / train_seconds : 0;
+  result.wall_s = seconds_since(t_start);
+  result.peak_rss_mb = peak_rss_mb();
+  if (lead && !c.plot.empty() && !result.interrupted) {
+    std::string csv = c.metrics;
+    if (csv.empty()) {  // no --metrics: draw from a temporary copy
+      csv = c.plot + ".csv.tmp";
+      std::string text = std::string(kMetricsHeader) + "\n";
+      for (const auto& r : metric_rows) text += r + "\n";
+      write_atomic(csv, text);
+    }
+    plot_metrics(csv, c.plot);
+    if (c.metrics.empty()) std::remove(csv.c_str());
+  }
+  return result;
+}
+
+EvalResult evaluate_checkpoint(const EvalConfig& c) {
+  if (c.checkpoint.empty()) fail("--checkpoint: a checkpoint path is required");
+  if (c.batch_size < 1) fail("--batch-size: must be at least 1, got {}", c.batch_size);
+  if (c.threads > 0) set_num_threads(c.threads);
+  // The model and preset a Norma training checkpoint records; else the flags.
+  std::string model_name = c.model, preset = c.bn_preset;
+  const SafetensorsFile file = load_safetensors(c.checkpoint);
+  if (auto it = file.metadata.find("norma"); it != file.metadata.end()) {
+    const json meta = json::parse(it->second, nullptr, false);
+    if (meta.is_object() && meta.contains("extra") && meta["extra"].contains("run")) {
+      model_name = meta["extra"]["run"].value("model", model_name);
+      preset = meta["extra"]["run"].value("bn_preset", preset);
+    }
+  }
+  auto model = build_model(model_name, preset);
+  nn::load_checkpoint(c.checkpoint, *model, nullptr, nullptr);
+  model->eval();
+  if (c.fuse_bn) {
+    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
+    if (!seq) fail("--fuse-bn: model '{}' is not a Sequential, so its Conv2d+BatchNorm2d pairs cannot be folded", model_name);
+    model = nn::fuse_conv_bn_eval(*seq);
+  }
+  const data::CifarDataset test_set =
+      data::CifarDataset::load(data::find_cifar10_dir(c.data), data::Split::test, data::CifarKind::cifar10, c.limit);
+  return evaluate(*model, test_set, c.batch_size);
+}
+
+}  // namespace norma::app

@@ -1,0 +1,261 @@
+// The `norma` CLI end to end on a tiny synthetic CIFAR-10 (and on the real one
+// when ../shared/cifar10 is there): train, checkpoint, resume, eval, bench,
+// summary, interruption and the error paths.
+#include <catch2/catch.hpp>
+#include <sys/wait.h>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include <norma/norma.h>
+
+#include "synthetic_cifar.h"
+#include "trainer.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct Run {
+  int code = -1;
+  std::string out, err;
+  json last_json() const {  // the last line of stdout, as JSON
+    std::string s = out;
+    while (!s.empty() && s.back() == '\n') s.pop_back();
+    const size_t nl = s.rfind('\n');
+    return json::parse(nl == std::string::npos ? s : s.substr(nl + 1));
+  }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Runs `norma <args>` with stdout and stderr captured.
+Run norma_cli(const fs::path& work, const std::string& args, const std::string& prefix = "") {
+  const fs::path out = work / "stdout.txt", err = work / "stderr.txt";
+  const std::string cmd = fmt::format("{}{} {} >{} 2>{}", prefix, NORMA_CLI, args, out.string(), err.string());
+  const int status = std::system(cmd.c_str());
+  Run r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+// A fresh directory for one test case with a synthetic dataset in data/.
+fs::path workdir(const std::string& name, int64_t per_file = 40, int64_t test = 100) {
+  const fs::path dir = fs::temp_directory_path() / fmt::format("norma_cli_{}_{}", name, ::getpid());
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  norma::test::write_synthetic_cifar10(dir / "data", per_file, test);
+  return dir;
+}
+
+std::string train_args(const fs::path& w) {
+  return fmt::format("train --data {} --epochs 3 --batch-size 20 --lr 0.02 --test-limit 100 --threads 1 --quiet",
+                     (w / "data").string());
+}
+
+}  // namespace
+
+TEST_CASE("cli: train learns the synthetic task and writes checkpoint, metrics and a JSON summary") {
+  const fs::path w = workdir("train");
+  const Run r = norma_cli(w, train_args(w) + fmt::format(" --checkpoint {0}/ck.safetensors --metrics {0}/m.csv --json",
+                                                          w.string()));
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const json j = r.last_json();
+  CHECK(j["epochs"] == 3);
+  CHECK(j["steps"] == 30);  // 200 images / 20 per batch x 3 epochs
+  CHECK(j["test_acc"].get<double>() > 0.5);
+  CHECK(j["train_img_per_s"].get<double>() > 0);
+  CHECK(j["peak_rss_mb"].get<double>() > 0);
+  CHECK(fs::exists(w / "ck.safetensors"));
+  const std::string metrics = slurp(w / "m.csv");
+  CHECK(metrics.starts_with("kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s\n"));
+  CHECK(std::count(metrics.begin(), metrics.end(), '\n') == 4);
+  CHECK(metrics.find("epoch,3,30,") != std::string::npos);
+
+  // eval of that checkpoint gives the accuracy train reported, also with BatchNorm folded.
+  const Run e = norma_cli(w, fmt::format("eval --data {0}/data --checkpoint {0}/ck.safetensors --limit 100 --json",
+                                         w.string()));
+  INFO(e.err);
+  REQUIRE(e.code == 0);
+  CHECK(e.last_json()["test_acc"] == j["test_acc"]);
+  CHECK(e.last_json()["test_loss"].get<double>() == Approx(j["test_loss"].get<double>()).epsilon(1e-6));
+  const Run f = norma_cli(w, fmt::format("eval --data {0}/data --checkpoint {0}/ck.safetensors --limit 100 --fuse-bn "
+                                         "--json", w.string()));
+  REQUIRE(f.code == 0);
+  CHECK(f.last_json()["test_loss"].get<double>() == Approx(j["test_loss"].get<double>()).epsilon(1e-4));
+  fs::remove_all(w);
+}
+
+TEST_CASE("train: a run interrupted by SIGINT and resumed takes exactly the uninterrupted run's steps") {
+  const fs::path w = workdir("resume");
+  norma::app::TrainConfig c;
+  c.data = (w / "data").string();
+  c.epochs = 2;
+  c.batch_size = 20;
+  c.lr = 0.02;
+  c.test_limit = 40;
+  c.quiet = true;
+  c.threads = 1;
+  std::vector<double> straight, resumed;
+  c.on_step = [&](int64_t, double loss) { straight.push_back(loss); };
+  const auto full = norma::app::train(c);
+  REQUIRE(straight.size() == 20);
+
+  c.checkpoint = (w / "ck.safetensors").string();
+  c.on_step = [&](int64_t step, double loss) {
+    resumed.push_back(loss);
+    if (step == 13) std::raise(SIGINT);  // mid-way through epoch 2
+  };
+  const auto first = norma::app::train(c);
+  CHECK(first.interrupted);
+  CHECK(first.steps == 13);
+  c.resume = c.checkpoint;
+  c.on_step = [&](int64_t, double loss) { resumed.push_back(loss); };
+  const auto second = norma::app::train(c);
+  CHECK_FALSE(second.interrupted);
+  CHECK(second.steps == 20);
+  CHECK(resumed == straight);  // bit for bit
+  CHECK(second.test_loss == full.test_loss);
+  CHECK(second.train_loss == full.train_loss);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: SIGINT during training writes a checkpoint and exits 130") {
+  const fs::path w = workdir("sigint", 200, 20);
+  // Long enough that the signal arrives mid-training (1000 images x 200 epochs).
+  const Run r = norma_cli(w, fmt::format("train --data {0}/data --epochs 200 --batch-size 20 --threads 1 "
+                                         "--checkpoint {0}/ck.safetensors", w.string()),
+                          "timeout --preserve-status -s INT 3 ");
+  INFO(r.err);
+  CHECK(r.code == 130);
+  CHECK(r.err.find("interrupted by SIGINT") != std::string::npos);
+  CHECK(r.err.find("--resume " + (w / "ck.safetensors").string()) != std::string::npos);
+  REQUIRE(fs::exists(w / "ck.safetensors"));
+  const Run resume = norma_cli(w, fmt::format("train --data {0}/data --epochs 200 --batch-size 20 --threads 1 "
+                                              "--resume {0}/ck.safetensors --quiet", w.string()),
+                               "timeout --preserve-status -s INT 2 ");
+  CHECK(resume.code == 130);  // resumed, then interrupted again
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: bench reports throughput and a per-layer table") {
+  const fs::path w = workdir("bench", 1, 1);
+  const Run r = norma_cli(w, "bench --batch-size 8 --steps 2 --warmup 1 --threads 1 --json");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const json j = r.last_json();
+  CHECK(j["train_img_per_s"].get<double>() > 0);
+  CHECK(j["eval_img_per_s"].get<double>() > 0);
+  CHECK(j["peak_rss_mb"].get<double>() > 0);
+  CHECK(j["layers"].size() == 20);  // cifar-small's 20 modules
+  CHECK(j["layers"][0]["type"] == "Conv2d");
+  const Run text = norma_cli(w, "bench --batch-size 8 --steps 2 --warmup 1 --threads 1");
+  REQUIRE(text.code == 0);
+  CHECK(text.out.find("img/s") != std::string::npos);
+  CHECK(text.out.find("BatchNorm2d") != std::string::npos);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: summary lists the layers and the parameter count") {
+  const fs::path w = workdir("summary", 1, 1);
+  const Run r = norma_cli(w, "summary --model cifar-small");
+  REQUIRE(r.code == 0);
+  CHECK(r.out.find("Conv2d") != std::string::npos);
+  CHECK(r.out.find("Linear") != std::string::npos);
+  CHECK(r.out.find("Total params: 160234") != std::string::npos);  // 864+64+9216+64+18432+128+36864+128+73728+256+20490
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: every subcommand answers --help") {
+  const fs::path w = workdir("help", 1, 1);
+  for (const char* sub : {"train", "eval", "bench", "summary", "download", "demo"}) {
+    CAPTURE(sub);
+    const Run r = norma_cli(w, fmt::format("{} --help", sub));
+    CHECK(r.code == 0);
+    CHECK(r.out.find("--help") != std::string::npos);
+  }
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: bad flags and files fail with a message naming them") {
+  const fs::path w = workdir("errors", 4, 4);
+  const std::string data = (w / "data").string();
+  struct Case {
+    std::string args, needle;
+  };
+  const std::vector<Case> cases = {
+      {"train --optimizer rmsprop", "--optimizer"},
+      {"train --schedule linear", "--schedule"},
+      {"train --bn-preset keras", "--bn-preset"},
+      {"train --model vgg", "--model"},
+      {"train --epochs 0", "--epochs"},
+      {"train --batch-size 1", "--batch-size"},
+      {"train --lr -1", "--lr"},
+      {"train --momentum 1.5", "--momentum"},
+      {"train --label-smoothing 1", "--label-smoothing"},
+      {"train --data " + w.string() + "/nowhere", "nowhere"},
+      {"train --data " + data + " --warmup 5 --epochs 2", "--warmup"},
+      {"train --data " + data + " --checkpoint " + w.string() + "/no/such/dir/ck.safetensors", "--checkpoint"},
+      {"train --data " + data + " --metrics " + w.string() + "/no/such/dir/m.csv", "--metrics"},
+      {"train --resume " + w.string() + "/missing.safetensors", "--resume"},
+      {"eval --data " + data, "--checkpoint"},
+      {"eval --data " + data + " --checkpoint " + data + "/test_batch.bin", "test_batch.bin"},
+      {"download mnist", "dataset"},
+      {"download cifar10 --archive " + w.string() + "/missing.tar.gz", "--archive"},
+      {"bench --steps 0", "--steps"},
+      {"frobnicate", "frobnicate"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.args);
+    const Run r = norma_cli(w, c.args);
+    CHECK(r.code != 0);
+    CHECK(r.err.find(c.needle) != std::string::npos);
+    if (r.err.find(c.needle) == std::string::npos) WARN(r.err);
+  }
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: --resume refuses a checkpoint from a run with other settings") {
+  const fs::path w = workdir("mismatch");
+  REQUIRE(norma_cli(w, fmt::format("train --data {0}/data --epochs 1 --batch-size 20 --test-limit 20 --threads 1 "
+                                   "--quiet --checkpoint {0}/ck.safetensors", w.string())).code == 0);
+  const Run r = norma_cli(w, fmt::format("train --data {0}/data --epochs 1 --batch-size 40 --test-limit 20 --threads 1 "
+                                         "--quiet --resume {0}/ck.safetensors", w.string()));
+  CHECK(r.code == 1);
+  CHECK(r.err.find("batch_size = 20") != std::string::npos);
+  CHECK(r.err.find("batch_size = 40") != std::string::npos);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and eval agrees") {
+  const fs::path real = fs::path(NORMA_SOURCE_DIR) / ".." / "shared" / "cifar10" / "cifar-10-batches-bin";
+  if (!fs::exists(real / "data_batch_1.bin")) {
+    WARN("skipped: no CIFAR-10 at " << real.string());
+    return;
+  }
+  const fs::path w = workdir("real", 1, 1);
+  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 --limit 10000 --quiet --json "
+                                         "--checkpoint {}/ck.safetensors", real.string(), w.string()));
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  const json j = r.last_json();
+  INFO(j.dump());
+  CHECK(j["test_acc"].get<double>() >= 0.40);
+  const Run e = norma_cli(w, fmt::format("eval --data {} --checkpoint {}/ck.safetensors --json", real.string(),
+                                         w.string()));
+  REQUIRE(e.code == 0);
+  CHECK(e.last_json()["test_acc"] == j["test_acc"]);
+  fs::remove_all(w);
+}
