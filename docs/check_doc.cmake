@@ -3,6 +3,8 @@
 #   <!-- quote: path/from/repo/root -->  a verbatim excerpt of that file
 #   <!-- output: name -->                exactly what program `name` prints
 #                                        (it must also exit 0)
+#   <!-- output: name arg... -->         the same for `name arg...`, so one
+#                                        program can print a page in parts
 #   cmake -DDOC=<page.md> -DSOURCE_DIR=<repo root>
 #         [-DPROGRAMS=name=/path/to/exe|name2=...] -P check_doc.cmake
 # Fails when a block drifted from its source, or when the page has no marker.
@@ -17,12 +19,16 @@ file(READ "${DOC}" rest)
 set(checked 0)
 set(errors 0)
 while(TRUE)
-  string(REGEX MATCH "<!-- (quote|output): ([^ ]+) -->" marker "${rest}")
+  string(REGEX MATCH "<!-- (quote|output): ([^ ]+)([^>]*) -->" marker "${rest}")
   if(marker STREQUAL "")
     break()
   endif()
   set(kind "${CMAKE_MATCH_1}")
   set(what "${CMAKE_MATCH_2}")
+  separate_arguments(args UNIX_COMMAND "${CMAKE_MATCH_3}")
+  if(kind STREQUAL "quote" AND args)
+    message(FATAL_ERROR "${DOC}: '${marker}': a quote takes one path, nothing after it")
+  endif()
   string(FIND "${rest}" "${marker}" at)
   string(LENGTH "${marker}" len)
   math(EXPR at "${at} + ${len}")
@@ -55,7 +61,10 @@ while(TRUE)
       message(FATAL_ERROR "${DOC}: quotes the output of '${what}', which is not in PROGRAMS='${PROGRAMS}'")
     endif()
     set(exe "${CMAKE_MATCH_1}")
-    execute_process(COMMAND "${exe}" OUTPUT_VARIABLE printed RESULT_VARIABLE rc)
+    execute_process(COMMAND "${exe}" ${args} OUTPUT_VARIABLE printed RESULT_VARIABLE rc)
+    if(args)
+      string(JOIN " " what ${what} ${args})
+    endif()
     if(NOT rc EQUAL 0)
       message(SEND_ERROR "${what} failed (${rc}) and printed:\n${printed}")
       math(EXPR errors "${errors} + 1")
