@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/autograd.h"
+#include "batchnorm_sync.h"
 
 namespace norma::nn {
 
@@ -99,20 +100,17 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
   }
 }
 
-void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
-                          const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats) {
-  const double M = double(N * HW);
-  // The two reductions per channel: sum(dy) and sum(dy * xhat).
-  std::vector<double> sum_dy(C), sum_dy_xhat(C);
-  channel_sums(sum_dy.data(), N, C, HW, layout, [dy](int64_t i, int64_t) { return double(dy[i]); });
-  channel_sums(sum_dy_xhat.data(), N, C, HW, layout,
+void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
+                                 const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
+                                 Layout layout) {
+  channel_sums(sum_dy, N, C, HW, layout, [dy](int64_t i, int64_t) { return double(dy[i]); });
+  channel_sums(sum_dy_xhat, N, C, HW, layout,
                [dy, x, mean, invstd](int64_t i, int64_t c) { return dy[i] * (x[i] - mean[c]) * invstd[c]; });
-  for (int64_t c = 0; c < C; ++c) {
-    if (dbeta) dbeta[c] = float(sum_dy[c]);
-    if (dgamma) dgamma[c] = float(sum_dy_xhat[c]);
-  }
-  if (!dx) return;
+}
+
+void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
+                             const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats) {
   // One pass: dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M), or
   // dx = dy * gamma * invstd when the statistics were constants.
   auto term = [&](int64_t i, int64_t c) {
@@ -132,6 +130,20 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
   }
 }
 
+void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
+                          const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
+                          bool batch_stats) {
+  std::vector<double> sum_dy(C), sum_dy_xhat(C);
+  batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, N, C, HW, layout);
+  for (int64_t c = 0; c < C; ++c) {
+    if (dbeta) dbeta[c] = float(sum_dy[c]);
+    if (dgamma) dgamma[c] = float(sum_dy_xhat[c]);
+  }
+  if (dx)
+    batchnorm2d_backward_dx(dx, dy, x, mean, invstd, gamma, sum_dy.data(), sum_dy_xhat.data(), double(N * HW), N, C,
+                            HW, layout, batch_stats);
+}
+
 // ---------------------------------------------------------------- the op
 
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
@@ -147,7 +159,9 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
       fail("batch_norm2d: {} has shape {} but input {} has {} channels (layout {})", what, t.shape(), x.shape(), C,
            layout_name);
   if (!(a.eps > 0) || !std::isfinite(a.eps)) fail("batch_norm2d: eps must be positive and finite, got {}", a.eps);
-  if (a.use_batch_stats && N * HW <= 1)
+  // Under the global sync rule the group's count matters: checked after the sync.
+  const bool global_sync = a.process_group && a.sync_rule == SyncRule::global;
+  if (a.use_batch_stats && N * HW <= 1 && !global_sync)
     fail("batch_norm2d: expected more than 1 value per channel when training, got input size {}", x.shape());
   if (!a.use_batch_stats && (!running_mean.defined() || !running_var.defined()))
     fail("batch_norm2d: running statistics are needed when not using batch statistics (input {})", x.shape());
@@ -165,12 +179,23 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   // mean and invstd in double, shared with the backward closure (they are
   // not tensors: float32 would round a large mean and lose the small deviations).
   auto mean = std::make_shared<std::vector<double>>(C), invstd = std::make_shared<std::vector<double>>(C);
+  double M_stats = double(N * HW), M_backward = M_stats;  // values behind the statistics (SyncedCounts)
   if (a.use_batch_stats) {
     std::vector<double> var(C);
     batchnorm2d_stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
+    if (a.process_group) {
+      auto& pg = *a.process_group;
+      const SyncedCounts n = batchnorm_sync_stats(mean->data(), var.data(), C, M_stats, pg, a.sync_rule,
+                                                  a.variance_method);
+      if (n.unbiased <= 1)
+        fail("batch_norm2d: expected more than 1 value per channel when training, got {} over the process group "
+             "of {} ranks (input {} on rank {})", n.unbiased, pg.size(), x.shape(), pg.rank());
+      M_stats = n.unbiased;
+      M_backward = n.backward;
+    }
     for (int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + a.eps);
     if (a.momentum >= 0) {
-      const double M = double(N * HW), p = a.momentum;
+      const double M = M_stats, p = a.momentum;
       const double correction = a.unbiased_running_var ? M / (M - 1) : 1.0;
       float* rm = running_mean.data_ptr();
       float* rv = running_var.data_ptr();
@@ -199,15 +224,26 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     return y;
   }
 
-  autograd::record(y, "batch_norm2d", inputs, [x, weight, bias, xc, wc, mean, invstd, N, C, HW, a](const Tensor& dy) {
+  autograd::record(y, "batch_norm2d", inputs, [x, weight, bias, xc, wc, mean, invstd, N, C, HW, M_backward,
+                                                a](const Tensor& dy) {
     Tensor dyc = dy.contiguous();
     Tensor dx = x.requires_grad() ? empty(x.shape()) : Tensor();
     const bool affine_grads = a.affine_grad && (weight.requires_grad() || bias.requires_grad());
     Tensor dw = affine_grads ? empty({C}) : Tensor(), db = affine_grads ? empty({C}) : Tensor();
-    batchnorm2d_backward(dx.defined() ? dx.data_ptr() : nullptr, dw.defined() ? dw.data_ptr() : nullptr,
-                         db.defined() ? db.data_ptr() : nullptr, dyc.data_ptr(), xc.data_ptr(), mean->data(),
-                         invstd->data(), wc.defined() ? wc.data_ptr() : nullptr, N, C, HW, a.layout,
-                         a.use_batch_stats);
+    std::vector<double> sum_dy(C), sum_dy_xhat(C);
+    batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dyc.data_ptr(), xc.data_ptr(), mean->data(),
+                                invstd->data(), N, C, HW, a.layout);
+    for (int64_t c = 0; c < C && affine_grads; ++c) {  // this rank's share; the trainer averages them
+      db.data_ptr()[c] = float(sum_dy[c]);
+      dw.data_ptr()[c] = float(sum_dy_xhat[c]);
+    }
+    if (dx.defined()) {
+      if (a.process_group && a.use_batch_stats)  // every rank: x requires grad on all of them alike
+        batchnorm_sync_grad_sums(sum_dy.data(), sum_dy_xhat.data(), C, *a.process_group);
+      batchnorm2d_backward_dx(dx.data_ptr(), dyc.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(),
+                              wc.defined() ? wc.data_ptr() : nullptr, sum_dy.data(), sum_dy_xhat.data(), M_backward,
+                              N, C, HW, a.layout, a.use_batch_stats);
+    }
     autograd::accumulate(x, dx);
     if (affine_grads) {
       autograd::accumulate(weight, dw);
@@ -287,6 +323,10 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   a.variance_method = o.variance_method_;
   a.affine_grad = !o.freeze_;
   a.inplace = o.inplace_;
+  if (is_training()) {  // statistics are synced in training only (PyTorch's SyncBatchNorm too)
+    a.process_group = o.process_group_;
+    a.sync_rule = o.sync_rule_;
+  }
   a.use_batch_stats = !o.track_running_stats_ || (is_training() && !o.freeze_);
   // Not materialized here means x is not 4-D: the op reports it.
   const bool update = o.track_running_stats_ && is_training() && !o.freeze_ && is_materialized();

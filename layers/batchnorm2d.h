@@ -22,6 +22,7 @@
 #pragma once
 #include <functional>
 
+#include "../core/process_group.h"
 #include "module.h"
 
 namespace norma::nn {
@@ -50,6 +51,20 @@ struct MomentumRule {
 // when |mean| >> std), or BrainPy's one pass var = max(0, E[x^2] - E[x]^2).
 enum class VarianceMethod { two_pass, one_pass };
 
+// Cross-process statistics (SyncBatchNorm), used in training when a process
+// group is set; each rank passes its own shard of the batch. Formulas:
+// batchnorm_sync.h.
+// global: the statistics of the batch concatenated over the ranks, combined
+//   exactly from each rank's count, mean and centred sum of squares, so shards
+//   may differ in size; running_var uses the global unbiased variance; the
+//   backward all-reduces sum(dy) and sum(dy * xhat) and uses the global M, so
+//   gradients equal single-process training on the concatenated batch.
+// replica_average: BrainPy's axis_name: the unweighted mean over the K ranks of
+//   each rank's E[x] and E[x^2] (var = E[x^2] - E[x]^2); the unbiased factor
+//   uses the local count; the backward is this rule's exact gradient (M -> K * M_r).
+// The two agree when every shard has the same size.
+enum class SyncRule { global, replica_average };
+
 using TensorInit = std::function<void(Tensor&)>;
 
 struct BatchNorm2dOptions {
@@ -69,6 +84,9 @@ struct BatchNorm2dOptions {
   NORMA_ARG(bool, freeze) = false;
   NORMA_ARG(Layout, layout) = Layout::NCHW;
   NORMA_ARG(VarianceMethod, variance_method) = VarianceMethod::two_pass;
+  // Null: statistics of this process's batch only (single-process behaviour).
+  NORMA_ARG(std::shared_ptr<dist::ProcessGroup>, process_group) = nullptr;
+  NORMA_ARG(SyncRule, sync_rule) = SyncRule::global;
   NORMA_ARG(TensorInit, weight_init) = nullptr;  // default: ones
   NORMA_ARG(TensorInit, bias_init) = nullptr;    // default: zeros
   // In eval, write the output over the input (PuzzleLib; no extra memory); an
@@ -92,6 +110,9 @@ struct BatchNormArgs {
   bool affine_grad = true;       // false: gamma and beta get no gradient (freeze)
   // Write y over x (x contiguous, nothing needing a gradient); y is then x itself.
   bool inplace = false;
+  // Set: batch statistics and the backward reductions span the group (SyncRule).
+  std::shared_ptr<dist::ProcessGroup> process_group = nullptr;
+  SyncRule sync_rule = SyncRule::global;
 };
 
 // ---- kernels on raw contiguous pointers. M = N * HW values per channel.
@@ -107,6 +128,16 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
 void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
                           const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
                           bool batch_stats);
+// The backward in two halves (what batchnorm2d_backward runs, and SyncBatchNorm
+// all-reduces in between): the two reductions per channel, then
+// dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M) with M values
+// behind the statistics (dx = dy * gamma * invstd without batch_stats).
+void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
+                                 const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
+                                 Layout layout);
+void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
+                             const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats);
 
 // ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
 // bias (C) may be undefined (affine off); running_mean/var (C) are updated in
