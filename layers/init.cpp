@@ -1,6 +1,9 @@
 #include "init.h"
 
+#include <fmt/ranges.h>
+
 #include <cmath>
+#include <vector>
 
 #include "../core/autograd.h"
 
@@ -21,8 +24,23 @@ double calculate_gain(Nonlinearity nl, double param) {
     case Nonlinearity::tanh: return 5.0 / 3.0;
     case Nonlinearity::relu: return std::sqrt(2.0);
     case Nonlinearity::leaky_relu: return std::sqrt(2.0 / (1.0 + param * param));
+    case Nonlinearity::selu: return 0.75;
   }
-  return 1.0;
+  fail("calculate_gain: unknown nonlinearity {} (not a Nonlinearity value)", int(nl));
+}
+
+double calculate_gain(const std::string& nonlinearity, double param) {
+  static const std::vector<std::string> linear{"linear",           "conv1d",           "conv2d",
+                                               "conv3d",           "conv_transpose1d", "conv_transpose2d",
+                                               "conv_transpose3d", "sigmoid"};
+  for (const std::string& n : linear)
+    if (n == nonlinearity) return 1.0;
+  if (nonlinearity == "tanh") return calculate_gain(Nonlinearity::tanh);
+  if (nonlinearity == "relu") return calculate_gain(Nonlinearity::relu);
+  if (nonlinearity == "leaky_relu") return calculate_gain(Nonlinearity::leaky_relu, param);
+  if (nonlinearity == "selu") return calculate_gain(Nonlinearity::selu);
+  fail("calculate_gain: unknown nonlinearity '{}'; accepted: {}, tanh, relu, leaky_relu, selu", nonlinearity,
+       fmt::join(linear, ", "));
 }
 
 namespace {
@@ -37,6 +55,11 @@ double fan(const Tensor& t, FanMode mode) {
   int64_t f = mode == FanMode::fan_in ? in : out;
   if (f == 0) fail("init: cannot initialise a tensor of shape {} with a zero fan", t.shape());
   return double(f);
+}
+std::pair<int64_t, int64_t> xavier_fans(const Tensor& t) {
+  auto fans = calculate_fan_in_and_fan_out(t);
+  if (fans.first + fans.second == 0) fail("init: cannot initialise a tensor of shape {} with a zero fan", t.shape());
+  return fans;
 }
 }  // namespace
 
@@ -58,12 +81,12 @@ Tensor& kaiming_normal_(Tensor& t, double a, FanMode mode, Nonlinearity nl) {
   return normal_(t, 0.0, calculate_gain(nl, a) / std::sqrt(fan(t, mode)));
 }
 Tensor& xavier_uniform_(Tensor& t, double gain) {
-  auto [in, out] = calculate_fan_in_and_fan_out(t);
+  auto [in, out] = xavier_fans(t);
   double bound = gain * std::sqrt(6.0 / double(in + out));
   return uniform_(t, -bound, bound);
 }
 Tensor& xavier_normal_(Tensor& t, double gain) {
-  auto [in, out] = calculate_fan_in_and_fan_out(t);
+  auto [in, out] = xavier_fans(t);
   return normal_(t, 0.0, gain * std::sqrt(2.0 / double(in + out)));
 }
 

@@ -1,11 +1,14 @@
 #include "models.h"
 
+#include <fmt/ranges.h>
+
 #include "../core/autograd.h"
 #include "activation.h"
 #include "batchnorm2d.h"
 #include "conv2d.h"
 #include "linear.h"
 #include "pooling.h"
+#include "residual.h"
 
 namespace norma::nn {
 
@@ -28,6 +31,31 @@ std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>&
   m->push_back(std::make_shared<Flatten>());
   m->push_back(std::make_shared<Linear>(2048, 10));
   return m;
+}
+
+std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn) {
+  auto m = std::make_shared<Sequential>();
+  m->push_back(std::make_shared<Conv2d>(Conv2dOptions(3, 16, 3).padding(1).bias(false)));
+  m->push_back(bn ? bn(16) : std::make_shared<BatchNorm2d>(16));
+  m->push_back(std::make_shared<ReLU>(true));
+  m->push_back(std::make_shared<BasicBlock>(16, 16, 1, bn));
+  m->push_back(std::make_shared<BasicBlock>(16, 32, 2, bn));
+  m->push_back(std::make_shared<BasicBlock>(32, 64, 2, bn));
+  m->push_back(std::make_shared<AdaptiveAvgPool2d>(1));
+  m->push_back(std::make_shared<Flatten>());
+  m->push_back(std::make_shared<Linear>(64, 10));
+  return m;
+}
+
+const std::vector<std::string>& model_names() {
+  static const std::vector<std::string> names{"cifar-small", "resnet8"};
+  return names;
+}
+
+std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn) {
+  if (name == "cifar-small") return cifar_small(bn);
+  if (name == "resnet8") return resnet8(bn);
+  fail("make_model: unknown model '{}'; accepted names: {}", name, fmt::join(model_names(), ", "));
 }
 
 namespace {

@@ -1,5 +1,8 @@
 // Reference models, built from Norma's layers with PyTorch's state_dict names.
 #pragma once
+#include <string>
+#include <vector>
+
 #include "sequential.h"
 
 namespace norma::nn {
@@ -13,6 +16,19 @@ namespace norma::nn {
 // [18] Flatten [19] Linear(2048,10)
 // `bn` makes each BatchNorm2d from its channel count (e.g. a preset); null means PyTorch's.
 std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>& bn = nullptr);
+
+// resnet8: the CIFAR ResNet of He et al. (2016) with one BasicBlock per stage
+// (8 weight layers, 78,042 parameters), for 3x32x32 inputs. As a PyTorch nn.Sequential:
+// [0] Conv2d(3,16,3,p=1,bias=False) [1] BatchNorm2d(16) [2] ReLU
+// [3] BasicBlock(16,16) [4] BasicBlock(16,32,stride=2) [5] BasicBlock(32,64,stride=2)
+// [6] AdaptiveAvgPool2d(1) [7] Flatten [8] Linear(64,10)
+// (BasicBlock in layers/residual.h, names as torchvision's: "4.downsample.0.weight").
+std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn = nullptr);
+
+// The models above by name: "cifar-small" or "resnet8" (model_names()); any
+// other name is an error listing the accepted ones.
+std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn = nullptr);
+const std::vector<std::string>& model_names();
 
 // A printable table of a model: each layer's name, type, output shape for an
 // input of `input_shape`, parameter count, and totals (like torchinfo). Runs
