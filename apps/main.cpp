@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include <norma/core/mpi_process_group.h>
+#include <norma/core/process_group.h>
 #include <norma/data/download.h>
 #include <norma/norma.h>
 
@@ -102,6 +104,10 @@ int main(int argc, char** argv) {
   train->add_option("--plot", tc.plot, "PNG of the loss and accuracy curves (needs gnuplot)");
   train->add_flag("--json", tc.json, "print a one-line JSON summary as the last line");
   train->add_flag("--quiet", tc.quiet, "no progress output");
+  bool distributed = false, no_sync_bn = false;
+  train->add_flag("--distributed", distributed,
+                  "data-parallel over the ranks mpirun started (mpirun -np K build/apps/norma train --distributed)");
+  train->add_flag("--no-sync-bn", no_sync_bn, "with --distributed: BatchNorm statistics per rank, not global");
 
   // ---- eval
   app::EvalConfig ec;
@@ -169,8 +175,20 @@ int main(int argc, char** argv) {
   try {
     if (*train) {
       tc.augment = !no_augment;
-      const app::TrainResult r = app::train(tc);
-      if (tc.json)
+      if (distributed) {
+        tc.process_group = dist::mpi_world();
+        tc.sync_bn = !no_sync_bn;
+      }
+      app::TrainResult r;
+      try {
+        r = app::train(tc);
+      } catch (const std::exception& e) {
+        if (!tc.process_group) throw;
+        // Returning would leave the other ranks waiting in a collective: end the job.
+        fmt::print(stderr, "norma: error on rank {}: {}\n", tc.process_group->rank(), e.what());
+        tc.process_group->abort(1);
+      }
+      if (tc.json && (!tc.process_group || tc.process_group->rank() == 0))
         fmt::print("{}\n", nlohmann::json{{"epochs", r.epochs},
                                           {"steps", r.steps},
                                           {"train_loss", r.train_loss},

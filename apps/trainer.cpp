@@ -14,7 +14,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <norma/core/process_group.h>
 #include <norma/norma.h>
+#include <norma/optim/data_parallel.h>
 
 #include "progress.h"
 
@@ -188,7 +190,7 @@ std::shared_ptr<nn::Module> build_model(const std::string& model, const std::str
   return nn::make_model(model, bn);
 }
 
-EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size) {
+EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size, dist::ProcessGroup* pg) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
@@ -196,6 +198,8 @@ EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t bat
   lo.batch_size = batch_size;
   lo.shuffle = false;
   lo.augment = false;
+  lo.rank = pg ? pg->rank() : 0;  // each rank evaluates its share; the sums are combined below
+  lo.world_size = pg ? pg->size() : 1;
   data::DataLoader loader(ds, lo);
   loader.set_epoch(0);
   EvalResult r;
@@ -207,6 +211,13 @@ EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t bat
     loss_sum += nn::cross_entropy(logits, b->targets, nn::Reduction::sum).item();
     correct += count_correct(logits, b->targets);
     r.images += b->targets.numel();
+  }
+  if (pg) {
+    double sums[3] = {loss_sum, static_cast<double>(correct), static_cast<double>(r.images)};
+    pg->allreduce_sum(sums, 3);
+    loss_sum = sums[0];
+    correct = static_cast<int64_t>(sums[1]);
+    r.images = static_cast<int64_t>(sums[2]);
   }
   r.img_per_s = r.images / seconds_since(t0);
   r.loss = loss_sum / r.images;
@@ -249,7 +260,7 @@ TrainResult train(const TrainConfig& c) {
 
   manual_seed(c.seed);
   auto model = build_model(c.model, c.bn_preset, c.sync_bn ? c.process_group : nullptr);
-  // DIST: broadcast_state
+  if (c.process_group) dist::broadcast_state(*model, *c.process_group, 0);  // every rank starts from rank 0's weights
   auto opt = make_optimizer(c, *model);
   const int64_t steps_per_epoch = loader.num_batches();
   const int64_t total_steps = steps_per_epoch * c.epochs;
@@ -327,7 +338,7 @@ TrainResult train(const TrainConfig& c) {
              c.checkpoint.empty() ? "" : " '" + c.checkpoint + "'");
       opt->zero_grad();
       loss.backward();
-      // DIST: allreduce_gradients
+      if (c.process_group) dist::allreduce_gradients(*model, *c.process_group);
       const double lr = opt->param_groups()[0].lr.value_or(c.lr);
       opt->step();
       if (sched) sched->step();
@@ -349,6 +360,11 @@ TrainResult train(const TrainConfig& c) {
       progress.step(step_in_epoch, loss_value, static_cast<double>(epoch_correct) / epoch_seen,
                     (epoch_seen * world) / seconds_since(t_epoch));
       if (c.on_step) c.on_step(step, loss_value);
+      if (c.process_group) {  // every rank stops at the same step, or the others would wait forever
+        int64_t stop = g_signal.load();
+        c.process_group->allreduce_sum(&stop, 1);
+        if (stop && !g_signal) g_signal = SIGINT;
+      }
       if (g_signal) break;
     }
     if (g_signal) {
@@ -364,9 +380,11 @@ TrainResult train(const TrainConfig& c) {
       break;
     }
     train_seconds += epoch_compute;
-    const EvalResult test = evaluate(*model, test_set, 500);
-    result.train_loss = epoch_loss / epoch_seen;
-    result.train_acc = static_cast<double>(epoch_correct) / epoch_seen;
+    const EvalResult test = evaluate(*model, test_set, 500, c.process_group.get());
+    double sums[3] = {epoch_loss, static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)};
+    if (c.process_group) c.process_group->allreduce_sum(sums, 3);  // the whole global batch's figures
+    result.train_loss = sums[0] / sums[2];
+    result.train_acc = sums[1] / sums[2];
     result.test_loss = test.loss;
     result.test_acc = test.acc;
     const double epoch_s = seconds_since(t_epoch);
@@ -428,7 +446,7 @@ EvalResult evaluate_checkpoint(const EvalConfig& c) {
   }
   const data::CifarDataset test_set =
       data::CifarDataset::load(data::find_cifar10_dir(c.data), data::Split::test, data::CifarKind::cifar10, c.limit);
-  return evaluate(*model, test_set, c.batch_size);
+  return evaluate(*model, test_set, c.batch_size, nullptr);
 }
 
 }  // namespace norma::app

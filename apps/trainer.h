@@ -81,8 +81,10 @@ std::shared_ptr<nn::Module> build_model(const std::string& model, const std::str
 TrainResult train(const TrainConfig& config);
 
 // Accuracy and mean cross-entropy of `model` on `ds` (eval mode, no grad, no
-// augmentation); the model's training flag is restored.
-EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size);
+// augmentation); the model's training flag is restored. With a process group
+// each rank evaluates its share and every rank gets the totals.
+EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size,
+                    dist::ProcessGroup* pg = nullptr);
 
 struct EvalConfig {
   std::string data, checkpoint;

@@ -259,3 +259,25 @@ TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and
   CHECK(e.last_json()["test_acc"] == j["test_acc"]);
   fs::remove_all(w);
 }
+
+TEST_CASE("cli: mpirun -np 2 norma train --distributed learns, and its checkpoint loads in one process") {
+  if (std::system("command -v mpirun >/dev/null 2>&1") != 0) {
+    WARN("skipped: mpirun is not installed (apt-get install openmpi-bin)");
+    return;
+  }
+  const fs::path w = workdir("mpi");
+  const Run r = norma_cli(w, fmt::format("train --data {0}/data --epochs 3 --batch-size 10 --lr 0.02 --test-limit 100 "
+                                         "--quiet --distributed --json --checkpoint {0}/ck.safetensors", w.string()),
+                          "mpirun -np 2 --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 ");
+  INFO(r.err);
+  REQUIRE(r.code == 0);
+  CHECK(std::count(r.out.begin(), r.out.end(), '{') == 1);  // one JSON line: only rank 0 prints
+  const json j = r.last_json();
+  CHECK(j["steps"] == 30);  // 200 images / (2 ranks x 10) x 3 epochs
+  CHECK(j["test_acc"].get<double>() > 0.5);
+  const Run e = norma_cli(w, fmt::format("eval --data {0}/data --checkpoint {0}/ck.safetensors --limit 100 --json",
+                                         w.string()));
+  REQUIRE(e.code == 0);
+  CHECK(e.last_json()["test_acc"] == j["test_acc"]);
+  fs::remove_all(w);
+}
