@@ -3,10 +3,12 @@
 #include "conv2d.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "../core/autograd.h"
 #include "init.h"
@@ -134,11 +136,33 @@ void col2im_add(float* dx, const float* col, const ConvShape& s, int64_t Cg) {
 
 }  // namespace
 
+// Images are independent, so the batch is split across OpenMP threads, each
+// with its own col buffer and a single-threaded sgemm: one thread pool instead
+// of OpenMP's and OpenBLAS's taking turns (their idle threads spin and steal
+// each other's cores; on 2 cores that cost 3x). A batch smaller than the
+// thread count keeps OpenBLAS's threads instead.
+namespace {
+
+struct BlasThreads {  // sets OpenBLAS's thread count for a scope
+  int saved;
+  explicit BlasThreads(int n) : saved(openblas_get_num_threads()) { openblas_set_num_threads(n); }
+  ~BlasThreads() { openblas_set_num_threads(saved); }
+};
+
+bool split_batch(const ConvShape& s) { return omp_get_max_threads() > 1 && s.N >= omp_get_max_threads(); }
+
+}  // namespace
+
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
-  Tensor col_buf = empty({R * L});  // reused across images; the caching allocator reuses it across calls
-  float* col = col_buf.data_ptr();
-  for (int64_t n = 0; n < s.N; ++n)
+  const bool split = split_batch(s);
+  const int T = split ? omp_get_max_threads() : 1;
+  Tensor col_buf = empty({T * R * L});  // the caching allocator hands the same memory back next call
+  std::optional<BlasThreads> one_thread;
+  if (split) one_thread.emplace(1);
+#pragma omp parallel for schedule(static) if (split)
+  for (int64_t n = 0; n < s.N; ++n) {
+    float* col = col_buf.data_ptr() + (split ? omp_get_thread_num() : 0) * R * L;
     for (int64_t g = 0; g < s.groups; ++g) {
       im2col(col, x + (n * s.C + g * Cg) * s.H * s.W, s, Cg);
       float* yg = y + (n * s.K + g * Kg) * L;
@@ -150,15 +174,19 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
           for (int64_t l = 0; l < L; ++l) yg[k * L + l] += bk;
         }
     }
+  }
 }
 
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      const ConvShape& s) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
-  Tensor col_buf = empty({R * L});
-  float* col = col_buf.data_ptr();
+  const bool split = split_batch(s);
+  const int T = split ? omp_get_max_threads() : 1;
+  Tensor col_buf = empty({T * R * L});
+  // Each thread sums its images' dweight into its own slice; the slices are
+  // added in thread order afterwards, so the result is the same every run.
+  Tensor dw_buf = dw ? zeros({T * s.K * R}) : Tensor();
   if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, 0.0f);
-  if (dw) std::fill_n(dw, s.K * R, 0.0f);
   if (db) {
     for (int64_t k = 0; k < s.K; ++k) {
       double acc = 0;
@@ -167,13 +195,18 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
       db[k] = float(acc);
     }
   }
-  for (int64_t n = 0; n < s.N; ++n)
+  std::optional<BlasThreads> one_thread;
+  if (split) one_thread.emplace(1);
+#pragma omp parallel for schedule(static) if (split)
+  for (int64_t n = 0; n < s.N; ++n) {
+    const int t = split ? omp_get_thread_num() : 0;
+    float* col = col_buf.data_ptr() + t * R * L;
     for (int64_t g = 0; g < s.groups; ++g) {
       const float* dyg = dy + (n * s.K + g * Kg) * L;
       if (dw) {
         im2col(col, x + (n * s.C + g * Cg) * s.H * s.W, s, Cg);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(Kg), int(R), int(L), 1.0f, dyg, int(L), col,
-                    int(L), 1.0f, dw + g * Kg * R, int(R));
+                    int(L), 1.0f, dw_buf.data_ptr() + t * s.K * R + g * Kg * R, int(R));
       }
       if (dx) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(R), int(L), int(Kg), 1.0f, w + g * Kg * R,
@@ -181,6 +214,15 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
         col2im_add(dx + (n * s.C + g * Cg) * s.H * s.W, col, s, Cg);
       }
     }
+  }
+  if (dw) {
+    const float* parts = dw_buf.data_ptr();
+    for (int64_t i = 0; i < s.K * R; ++i) {
+      float acc = parts[i];
+      for (int t = 1; t < T; ++t) acc += parts[t * s.K * R + i];
+      dw[i] = acc;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- the op

@@ -246,7 +246,7 @@ TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and
     return;
   }
   const fs::path w = workdir("real", 1, 1);
-  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 --limit 10000 --quiet --json "
+  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 --limit 10000 --lr 0.02 --quiet --json "
                                          "--checkpoint {}/ck.safetensors", real.string(), w.string()));
   INFO(r.err);
   REQUIRE(r.code == 0);
