@@ -216,7 +216,13 @@ int main(int argc, char** argv) {
       auto model = app::build_model(summary_model, "pytorch");
       fmt::print("{}", nn::summary(*model, {1, 3, 32, 32}));
     } else if (*download) {
-      data::download_cifar10(download_dir, archive);
+      try {
+        data::download_cifar10(download_dir, archive);
+      } catch (const Error& e) {
+        if (!archive.empty()) throw;
+        fail("{}\n(from the command line: norma download cifar10 --archive cifar-10-binary.tar.gz --dir {})", e.what(),
+             download_dir);
+      }
       fmt::print("CIFAR-10 is in {}/cifar-10-batches-bin\n", download_dir);
     } else if (*demo) {
       float mse = run_demo(steps, lr, seed);

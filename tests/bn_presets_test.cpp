@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "fixture_util.h"
+#include "temp_dir.h"
 #include "test_util.h"
 
 #include <norma/layers/batchnorm_presets.h>
@@ -22,22 +23,10 @@ namespace presets = norma::nn::bn_presets;
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+using norma::test::TempDir;
+
 namespace {
 
-struct PresetsTempDir {
-  fs::path path;
-  PresetsTempDir() {
-    static int count = 0;
-    path = fs::path(NORMA_BINARY_DIR) / "tests" / fmt::format("bn_presets_tmp_{}_{}", getpid(), count++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~PresetsTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 // The largest differences seen against the references, for the summary line.
 struct MaxDiff {
@@ -250,7 +239,7 @@ TEST_CASE("bn presets: gradcheck of the fused op for each preset, both layouts, 
 }
 
 TEST_CASE("bn presets: checkpoints round-trip exactly, num_batches_tracked (PuzzleLib's t) included") {
-  PresetsTempDir dir;
+  TempDir dir("bn_presets");
   for (const std::string& name : presets::preset_names()) {
     CAPTURE(name);
     manual_seed(41);

@@ -1,5 +1,6 @@
 // BnStatsRecorder: its numbers against a direct computation on a tiny model in
 // training and eval mode, the model left untouched, the CSV files, errors.
+#include "temp_dir.h"
 #include "test_util.h"
 
 #include <unistd.h>
@@ -16,28 +17,10 @@ using namespace norma;
 using namespace norma::nn;
 namespace fs = std::filesystem;
 
+using norma::test::TempDir;
+
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    path = fs::path(NORMA_BINARY_DIR) / "tests" / fmt::format("bn_stats_tmp_{}_{}", getpid(), count++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
 
 std::vector<std::string> read_lines(const std::string& path) {
   std::ifstream f(path);
@@ -192,7 +175,7 @@ TEST_CASE("bn_stats: BnStatsRecorder, the CSV files") {
   Tiny t;
   BnStatsRecorder rec(true);
   for (int64_t step : {0, 50, 100}) rec.record(step, t.model, randn({2, 2, 3, 3}));
-  TempDir dir;
+  TempDir dir("bn_stats");
   const std::string path = dir.file("bn.csv");
   rec.write_csv(path);
   std::vector<std::string> lines = read_lines(path);
@@ -235,7 +218,7 @@ TEST_CASE("bn_stats: BnStatsRecorder, errors") {
   CHECK_THROWS_WITH(rec.write_csv("/nonexistent_norma_dir/bn.csv"),
                     Catch::Contains("BnStatsRecorder: cannot write '/nonexistent_norma_dir/bn.csv': creating") &&
                         Catch::Contains("No such file or directory"));
-  TempDir dir;
+  TempDir dir("bn_stats");
   fs::create_directories(dir.path / "taken" / "child");  // a non-empty directory where the file should go
   CHECK_THROWS_WITH(rec.write_csv(dir.file("taken")), Catch::Contains("renaming"));
   CHECK(dir.listing() == std::vector<std::string>{"taken"});  // the temporary was removed

@@ -18,6 +18,7 @@
 #include <norma/layers/pooling.h>
 #include <norma/layers/sequential.h>
 
+#include "temp_dir.h"
 #include "test_util.h"
 
 using namespace norma;
@@ -25,22 +26,10 @@ using nlohmann::json;
 using Catch::Contains;
 namespace fs = std::filesystem;
 
+using norma::test::TempDir;
+
 namespace {
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    path = fs::path(NORMA_BINARY_DIR) / "tests" / fmt::format("checkpoint_tmp_{}_{}", getpid(), count++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
 
 std::vector<uint32_t> bits(const Tensor& t) {
   std::vector<float> v = t.to_vector();
@@ -128,7 +117,7 @@ float train_step(nn::Module& model, Trainer& t) {
 
 // 10 steps straight vs 5 steps, save, fresh objects (another seed), load, 5 steps.
 void check_exact_resume(const MakeTrainer& make_trainer) {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const std::string path = dir.file("run.safetensors");
 
   auto full_model = make_model(1);
@@ -176,7 +165,7 @@ TEST_CASE("checkpoint: Adam (amsgrad, two groups) + StepLR resumes bit for bit")
 }
 
 TEST_CASE("checkpoint: the file holds the model, optimizer/ tensors and the norma metadata") {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const std::string path = dir.file("ckpt.safetensors");
   auto model = make_model(3);
   Trainer t = sgd_onecycle(*model);
@@ -214,7 +203,7 @@ TEST_CASE("checkpoint: the file holds the model, optimizer/ tensors and the norm
 }
 
 TEST_CASE("checkpoint: its model keys load with nn::load, and without optimizer or scheduler") {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const std::string path = dir.file("ckpt.safetensors");
   auto model = make_model(5);
   Trainer t = adam_steplr(*model);
@@ -232,7 +221,7 @@ TEST_CASE("checkpoint: its model keys load with nn::load, and without optimizer 
 }
 
 TEST_CASE("checkpoint: a weights-only file (no norma metadata) loads into the model alone") {
-  TempDir dir;
+  TempDir dir("checkpoint");
   const std::string path = dir.file("weights.safetensors");
   auto model = make_model(8);
   nn::save(*model, path, {{"format", "pt"}});  // as PyTorch's tools write it
@@ -251,7 +240,7 @@ TEST_CASE("checkpoint: a weights-only file (no norma metadata) loads into the mo
 }
 
 TEST_CASE("checkpoint: corrupt, missing or mismatched state is refused and nothing changes") {
-  TempDir dir;
+  TempDir dir("checkpoint");
   auto saved = make_model(10);
   Trainer saved_t = sgd_onecycle(*saved);
   train_step(*saved, saved_t);

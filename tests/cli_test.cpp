@@ -12,7 +12,7 @@
 
 #include <norma/norma.h>
 
-#include "synthetic_cifar.h"
+#include "cifar_synth.h"
 #include "trainer.h"
 
 namespace fs = std::filesystem;
@@ -55,7 +55,7 @@ fs::path workdir(const std::string& name, int64_t per_file = 40, int64_t test = 
   const fs::path dir = fs::temp_directory_path() / fmt::format("norma_cli_{}_{}", name, ::getpid());
   fs::remove_all(dir);
   fs::create_directories(dir);
-  norma::test::write_synthetic_cifar10(dir / "data", per_file, test);
+  norma::test::write_learnable_cifar10((dir / "data").string(), per_file, test);
   return dir;
 }
 

@@ -15,35 +15,16 @@
 #include <norma/layers/linear.h>
 #include <norma/layers/sequential.h>
 
+#include "temp_dir.h"
 #include "test_util.h"
 
 using namespace norma;
 namespace fs = std::filesystem;
 
+using norma::test::TempDir;
+
 namespace {
 
-// A fresh directory under the build tree, removed with everything in it.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int count = 0;
-    path = fs::path(NORMA_BINARY_DIR) / "tests" / fmt::format("safetensors_tmp_{}_{}", getpid(), count++);
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::permissions(path, fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> out;
-    for (const auto& e : fs::directory_iterator(path)) out.push_back(e.path().filename().string());
-    std::sort(out.begin(), out.end());
-    return out;
-  }
-};
 
 std::string read_bytes(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -91,7 +72,7 @@ void check_error(F&& fn, const std::vector<std::string>& pieces) {
 
 // Loading `bytes` as a file must fail with an error naming the file and holding every piece.
 void check_rejected(const std::string& bytes, std::vector<std::string> pieces) {
-  TempDir dir;
+  TempDir dir("safetensors");
   std::string path = dir.file("bad.safetensors");
   write_bytes(path, bytes);
   pieces.push_back(path);
@@ -125,7 +106,7 @@ MlpFixture torch_mlp_fixture() {
 }  // namespace
 
 TEST_CASE("safetensors: round trip is bit-exact, with metadata") {
-  TempDir dir;
+  TempDir dir("safetensors");
   manual_seed(1);
   const float inf = std::numeric_limits<float>::infinity();
   std::vector<float> special = {std::numeric_limits<float>::quiet_NaN(), inf, -inf, -0.0f,
@@ -170,7 +151,7 @@ TEST_CASE("safetensors: round trip is bit-exact, with metadata") {
 }
 
 TEST_CASE("safetensors: writes the reference layout, num_batches_tracked as I64") {
-  TempDir dir;
+  TempDir dir("safetensors");
   std::string path = dir.file("m.safetensors");
   save_safetensors(path, {{"b", tensor({1})}, {"a", tensor({2, 3})}, {"bn.num_batches_tracked", scalar_tensor(7)}},
                    {{"k", "v"}});
@@ -201,7 +182,7 @@ TEST_CASE("safetensors: loads F64, I64 and I32, rejects other dtypes and inexact
       R"("i":{"dtype":"I32","shape":[2],"data_offsets":[32,40]}})";
   std::string buffer = bytes_of(std::vector<double>{0.1, -2.5}) + bytes_of(std::vector<int64_t>{16777216, -3}) +
                        bytes_of(std::vector<int32_t>{-16777216, 5});
-  TempDir dir;
+  TempDir dir("safetensors");
   std::string path = dir.file("types.safetensors");
   write_bytes(path, st_file(header, buffer));
   SafetensorsFile f = load_safetensors(path);
@@ -225,7 +206,7 @@ TEST_CASE("safetensors: loads F64, I64 and I32, rejects other dtypes and inexact
 }
 
 TEST_CASE("safetensors: rejects missing, unreadable and truncated files") {
-  TempDir dir;
+  TempDir dir("safetensors");
   check_error([&] { load_safetensors(dir.file("nope.safetensors")); },
               {"cannot open", dir.file("nope.safetensors"), "No such file or directory"});
   check_error([&] { load_safetensors(dir.path.string()); }, {dir.path.string(), "not a regular file"});
@@ -280,7 +261,7 @@ TEST_CASE("safetensors: rejects offsets that disagree with shapes, overlap, leav
   check_rejected(two(R"("shape":[3],"data_offsets":[0,8])", R"("shape":[1],"data_offsets":[8,12])"),
                  {"tensor 'a'", "data_offsets [0, 8] span 8 bytes, but shape (3,) in F32 needs 12"});
   {  // the control: 0-d is one element, so this one is valid
-    TempDir dir;
+    TempDir dir("safetensors");
     write_bytes(dir.file("ok.safetensors"), two(R"("shape":[2],"data_offsets":[0,8])", R"("shape":[],"data_offsets":[8,12])"));
     CHECK(load_safetensors(dir.file("ok.safetensors")).tensors.at(1).second.item() == 3);
   }
@@ -307,7 +288,7 @@ TEST_CASE("safetensors: rejects offsets that disagree with shapes, overlap, leav
 }
 
 TEST_CASE("safetensors: a failed save leaves the previous file intact and no temporary") {
-  TempDir dir;
+  TempDir dir("safetensors");
   std::string path = dir.file("model.safetensors");
   save_safetensors(path, {{"w", tensor({1, 2, 3})}});
   const std::string before = read_bytes(path);
@@ -369,7 +350,7 @@ TEST_CASE("safetensors: a failed save leaves the previous file intact and no tem
 }
 
 TEST_CASE("checkpoint: nn::save and nn::load round trip a model") {
-  TempDir dir;
+  TempDir dir("safetensors");
   manual_seed(3);
   auto a = mlp();
   std::string path = dir.file("mlp.safetensors");
@@ -395,7 +376,7 @@ TEST_CASE("checkpoint: nn::save and nn::load round trip a model") {
 }
 
 TEST_CASE("checkpoint: nn::load lists every missing, unexpected and mismatched key in one error") {
-  TempDir dir;
+  TempDir dir("safetensors");
   std::string path = dir.file("mlp.safetensors");
   NamedTensors state = mlp()->state_dict();  // 0.weight (3,4), 0.bias (3), 2.weight (2,3), 2.bias (2)
   state.erase(state.begin() + 1);            // no 0.bias
@@ -425,7 +406,7 @@ TEST_CASE("safetensors: loads torch's MLP and reproduces its output") {
   Tensor y = model->forward(fx.input);
   NORMA_CHECK_CLOSE(y, fx.output, 0.0, 1e-6);
   // Norma writes the very bytes torch's writer (the reference layout) wrote.
-  TempDir dir;
+  TempDir dir("safetensors");
   SafetensorsFile f = load_safetensors(path);
   CHECK(f.metadata == std::map<std::string, std::string>{{"format", "pt"}});
   save_safetensors(dir.file("again.safetensors"), f.tensors, f.metadata);
