@@ -28,6 +28,8 @@ namespace fs = std::filesystem;
 
 using norma::test::TempDir;
 
+using norma::test::check_error;
+
 namespace {
 
 
@@ -57,19 +59,6 @@ NamedTensors snapshot(const NamedTensors& state) {
   return out;
 }
 
-// fn() must throw norma::Error whose message holds every piece.
-template <class F>
-void check_error(F&& fn, const std::vector<std::string>& pieces) {
-  std::string msg;
-  try {
-    fn();
-  } catch (const Error& e) {
-    msg = e.what();
-  }
-  INFO("error message: '" << msg << "'");
-  REQUIRE(!msg.empty());
-  for (const std::string& p : pieces) CHECK_THAT(msg, Contains(p));
-}
 
 // conv -> BatchNorm2d (running stats, batch counter) -> ReLU -> pool -> Dropout
 // (draws from the generator every step) -> Linear; input (8, 2, 4, 4), 3 classes.

@@ -12,19 +12,9 @@
 
 using namespace norma;
 
+using norma::test::scaled_diff;
+
 namespace {
-// Relative to the tensor's scale: max |got - want| / max |want|. Per-element
-// relative error is meaningless for gradients that are ~0 in places.
-double scaled_diff(const Tensor& got, const Tensor& want) {
-  auto g = got.to_vector(), w = want.to_vector();
-  REQUIRE(g.size() == w.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    num = std::max(num, std::fabs(double(g[i]) - w[i]));
-    den = std::max(den, std::fabs(double(w[i])));
-  }
-  return den > 0 ? num / den : num;
-}
 
 Tensor find(const SafetensorsFile& f, const std::string& name) {
   for (auto& [k, t] : f.tensors)

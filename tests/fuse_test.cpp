@@ -12,19 +12,10 @@
 using namespace norma;
 using namespace norma::nn;
 
+using norma::test::scaled_diff;
+
 namespace {
 
-// max |got - want| / max |want|: the fused conv rounds differently, element by element.
-double scaled_diff(const Tensor& got, const Tensor& want) {
-  auto g = got.to_vector(), w = want.to_vector();
-  REQUIRE(g.size() == w.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < g.size(); ++i) {
-    num = std::max(num, std::fabs(double(g[i]) - w[i]));
-    den = std::max(den, std::fabs(double(w[i])));
-  }
-  return den > 0 ? num / den : num;
-}
 
 // Running statistics and affine parameters far from their defaults.
 void randomise(BatchNorm2d& bn) {

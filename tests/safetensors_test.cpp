@@ -23,6 +23,8 @@ namespace fs = std::filesystem;
 
 using norma::test::TempDir;
 
+using norma::test::check_error;
+
 namespace {
 
 
@@ -56,19 +58,6 @@ std::vector<uint32_t> bits(const Tensor& t) {
   return out;
 }
 
-// fn() must throw norma::Error whose message holds every piece.
-template <class F>
-void check_error(F&& fn, const std::vector<std::string>& pieces) {
-  std::string msg;
-  try {
-    fn();
-  } catch (const Error& e) {
-    msg = e.what();
-  }
-  INFO("error message: '" << msg << "'");
-  REQUIRE(!msg.empty());
-  for (const std::string& p : pieces) CHECK_THAT(msg, Catch::Contains(p));
-}
 
 // Loading `bytes` as a file must fail with an error naming the file and holding every piece.
 void check_rejected(const std::string& bytes, std::vector<std::string> pieces) {

@@ -1,6 +1,7 @@
 // Helpers shared by the tests: compare tensors and report the worst element.
 #pragma once
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -51,5 +52,32 @@ inline Diff compare(const std::vector<float>& got, const std::vector<float>& wan
                                           << d_.got << " want " << d_.want);                             \
     CHECK(d_.ok);                                                                                         \
   } while (0)
+
+// max |got - want| / max |want|: relative to the tensor's scale. Per-element
+// relative error is meaningless for values (gradients) that are ~0 in places.
+inline double scaled_diff(const Tensor& got, const Tensor& want) {
+  auto g = got.to_vector(), w = want.to_vector();
+  REQUIRE(g.size() == w.size());
+  double num = 0, den = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    num = std::max(num, std::fabs(double(g[i]) - w[i]));
+    den = std::max(den, std::fabs(double(w[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+
+// fn() must throw norma::Error whose message holds every piece.
+template <class F>
+void check_error(F&& fn, const std::vector<std::string>& pieces) {
+  std::string msg;
+  try {
+    fn();
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  INFO("error message: '" << msg << "'");
+  REQUIRE(!msg.empty());
+  for (const std::string& p : pieces) CHECK_THAT(msg, Catch::Contains(p));
+}
 
 }  // namespace norma::test
