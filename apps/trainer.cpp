@@ -14,6 +14,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <norma/core/atomic_file.h>
 #include <norma/core/process_group.h>
 #include <norma/norma.h>
 #include <norma/optim/data_parallel.h>
@@ -112,21 +113,6 @@ void check_writable(const char* flag, const std::string& path) {
   std::remove(probe.c_str());
 }
 
-// Writes `text` to path atomically (temporary beside it, then rename).
-void write_atomic(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) fail("cannot write '{}': {}", tmp, std::strerror(errno));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    fail("cannot rename '{}' to '{}': {}", tmp, path, why);
-  }
-}
 
 // Draws train/test loss and accuracy per epoch from the metrics CSV.
 void plot_metrics(const std::string& csv, const std::string& png) {
@@ -305,7 +291,7 @@ TrainResult train(const TrainConfig& c) {
     if (!lead || c.metrics.empty()) return;
     std::string text = std::string(kMetricsHeader) + "\n";
     for (const auto& r : metric_rows) text += r + "\n";
-    write_atomic(c.metrics, text);
+    write_file_atomically(c.metrics, text, "--metrics");
   };
 
   g_signal = 0;
@@ -414,7 +400,7 @@ TrainResult train(const TrainConfig& c) {
       csv = c.plot + ".csv.tmp";
       std::string text = std::string(kMetricsHeader) + "\n";
       for (const auto& r : metric_rows) text += r + "\n";
-      write_atomic(csv, text);
+      write_file_atomically(csv, text, "--plot");
     }
     plot_metrics(csv, c.plot);
     if (c.metrics.empty()) std::remove(csv.c_str());

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 
+#include "../core/atomic_file.h"
 #include "../core/autograd.h"
 #include "../core/ops.h"
 #include "sequential.h"
@@ -110,25 +111,6 @@ std::string csv_field(const std::string& s) {
   return q + "\"";
 }
 
-// Writes text to path + ".tmp.<pid>", fsyncs it, renames it over path.
-void write_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = fmt::format("{}.tmp.{}", path, getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  auto io_fail = [&](const char* what) {
-    const int err = errno;
-    if (f) std::fclose(f);
-    std::remove(tmp.c_str());
-    fail("BnStatsRecorder: cannot write '{}': {} '{}' failed: {}", path, what, tmp, std::strerror(err));
-  };
-  if (!f) io_fail("creating");
-  if (std::fwrite(text.data(), 1, text.size(), f) != text.size()) io_fail("writing");
-  if (std::fflush(f) != 0) io_fail("flushing");
-  if (fsync(fileno(f)) != 0) io_fail("syncing");
-  const int closed = std::fclose(f);
-  f = nullptr;
-  if (closed != 0) io_fail("closing");
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) io_fail("renaming");
-}
 
 }  // namespace
 
@@ -149,7 +131,7 @@ void BnStatsRecorder::write_csv(const std::string& path) const {
     text += fmt::format("{},{},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g},{:.9g}\n", r.step, csv_field(r.layer),
                         r.batch_mean, r.batch_var, r.running_mean, r.running_var, r.gamma_mean, r.gamma_std,
                         r.beta_mean, r.beta_std);
-  write_atomically(path, text);
+  write_file_atomically(path, text, "BnStatsRecorder");
 }
 
 void BnStatsRecorder::write_channel_csv(const std::string& path) const {
@@ -161,7 +143,7 @@ void BnStatsRecorder::write_channel_csv(const std::string& path) const {
       text += fmt::format("{},{},{},{:.9g},{:.9g},{:.9g},{:.9g}\n", r.step, csv_field(r.layer), c,
                           r.channel_batch_mean[c], r.channel_batch_var[c], r.channel_running_mean[c],
                           r.channel_running_var[c]);
-  write_atomically(path, text);
+  write_file_atomically(path, text, "BnStatsRecorder");
 }
 
 }  // namespace norma::nn

@@ -19,13 +19,10 @@
 using namespace norma;
 using namespace norma::nn;
 
+using norma::test::keys;
+
 namespace {
 
-std::vector<std::string> keys(const NamedTensors& named) {
-  std::vector<std::string> out;
-  for (const auto& [k, t] : named) out.push_back(k);
-  return out;
-}
 
 template <class Named>
 std::vector<std::string> names(const Named& named) {

@@ -12,13 +12,10 @@
 using namespace norma;
 using namespace norma::nn;
 
+using norma::test::keys;
+
 namespace {
 
-std::vector<std::string> keys(const NamedTensors& named) {
-  std::vector<std::string> out;
-  for (const auto& [k, t] : named) out.push_back(k);
-  return out;
-}
 
 BatchNorm2d& as_bn(const ModulePtr& m) {
   auto* bn = dynamic_cast<BatchNorm2d*>(m.get());

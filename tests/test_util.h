@@ -66,6 +66,13 @@ inline double scaled_diff(const Tensor& got, const Tensor& want) {
   return den > 0 ? num / den : num;
 }
 
+// The names of a state_dict / named_parameters() list, in order.
+inline std::vector<std::string> keys(const NamedTensors& named) {
+  std::vector<std::string> out;
+  for (const auto& [k, t] : named) out.push_back(k);
+  return out;
+}
+
 // fn() must throw norma::Error whose message holds every piece.
 template <class F>
 void check_error(F&& fn, const std::vector<std::string>& pieces) {
