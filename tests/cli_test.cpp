@@ -214,6 +214,9 @@ TEST_CASE("cli: bad flags and files fail with a message naming them") {
       {"eval --data " + data + " --checkpoint " + data + "/test_batch.bin", "test_batch.bin"},
       {"download mnist", "dataset"},
       {"download cifar10 --archive " + w.string() + "/missing.tar.gz", "--archive"},
+      {"train --data " + data + " --lr 1e30 --schedule constant --epochs 1 --batch-size 4 --checkpoint " +
+           w.string() + "/ck.safetensors",
+       "the loss became"},
       {"bench --steps 0", "--steps"},
       {"frobnicate", "frobnicate"},
   };
