@@ -253,17 +253,22 @@ TrainResult train(const TrainConfig& c) {
   const int64_t warmup_steps = static_cast<int64_t>(c.warmup * steps_per_epoch);
   auto sched = make_schedule(c, *opt, total_steps, warmup_steps);
 
-  // What a checkpoint must agree on to be resumed by this run.
-  const json run = {{"model", c.model},          {"bn_preset", c.bn_preset}, {"epochs", c.epochs},
-                    {"batch_size", c.batch_size}, {"optimizer", c.optimizer}, {"schedule", c.schedule},
-                    {"limit", c.limit},            {"seed", c.seed},           {"world_size", world}};
+  // What a checkpoint must agree on to be resumed by this run. The global batch,
+  // not batch size and world size apart: K ranks x B take the same images per
+  // step as 1 process x K*B (see DataLoader), so a run may resume at another width.
+  const json run = {{"model", c.model},          {"bn_preset", c.bn_preset},        {"epochs", c.epochs},
+                    {"global_batch", c.batch_size * world}, {"steps_per_epoch", steps_per_epoch},
+                    {"optimizer", c.optimizer},  {"schedule", c.schedule},          {"limit", c.limit},
+                    {"seed", c.seed}};
   int64_t epoch = 0, step = 0, step_in_epoch = 0;
   double epoch_loss = 0;
   int64_t epoch_correct = 0, epoch_seen = 0;
   std::vector<std::string> metric_rows;
   if (!c.resume.empty()) {
     nn::TrainingState s = nn::load_checkpoint(c.resume, *model, opt.get(), sched.get());
-    const json saved = s.extra.value("run", json::object());
+    json saved = s.extra.value("run", json::object());
+    if (saved.contains("batch_size") && saved.contains("world_size") && !saved.contains("global_batch"))
+      saved["global_batch"] = saved["batch_size"].get<int64_t>() * saved["world_size"].get<int64_t>();
     for (const auto& [key, value] : run.items())
       if (saved.contains(key) && saved[key] != value)
         fail("--resume: '{}' was written by a run with {} = {}, but this run has {} = {}; resume with the same "
@@ -274,6 +279,7 @@ TrainResult train(const TrainConfig& c) {
     epoch_loss = s.extra.value("epoch_loss", 0.0);
     epoch_correct = s.extra.value("epoch_correct", int64_t{0});
     epoch_seen = s.extra.value("epoch_seen", int64_t{0});
+    if (!lead) epoch_loss = 0, epoch_correct = epoch_seen = 0;  // the saved partial sums are global: count them once
     if (lead && !c.metrics.empty()) metric_rows = read_metrics_until(c.metrics, step);
     if (lead && !c.quiet)
       fmt::print("resumed from {} at epoch {} step {} ({} steps into the epoch)\n", c.resume, epoch + 1, step,
@@ -281,10 +287,14 @@ TrainResult train(const TrainConfig& c) {
   }
 
   nn::BnStatsRecorder bn_stats;
-  auto save = [&](int64_t at_epoch, int64_t in_epoch) {
-    if (!lead || c.checkpoint.empty()) return;
-    json extra = {{"run", run}, {"step_in_epoch", in_epoch}, {"epoch_loss", epoch_loss},
-                  {"epoch_correct", epoch_correct}, {"epoch_seen", epoch_seen}};
+  auto save = [&](int64_t at_epoch, int64_t in_epoch) {  // called by every rank
+    if (c.checkpoint.empty()) return;
+    // The epoch's partial sums over all ranks, so a run of any width can resume them.
+    double sums[3] = {epoch_loss, static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)};
+    if (c.process_group) c.process_group->allreduce_sum(sums, 3);
+    if (!lead) return;
+    json extra = {{"run", run}, {"step_in_epoch", in_epoch}, {"epoch_loss", sums[0]},
+                  {"epoch_correct", int64_t(sums[1])}, {"epoch_seen", int64_t(sums[2])}};
     nn::save_checkpoint(c.checkpoint, *model, opt.get(), sched.get(), {at_epoch, step, extra});
   };
   auto write_metrics = [&] {
@@ -306,12 +316,14 @@ TrainResult train(const TrainConfig& c) {
   double train_seconds = 0;
   int64_t train_images = 0;
   Progress progress(lead && !c.quiet);
+  const int64_t start_epoch = epoch;
   model->train();
   for (; epoch < c.epochs; ++epoch) {
     loader.set_epoch(epoch);
     for (int64_t i = 0; i < step_in_epoch; ++i) loader.next();  // resumed mid-epoch: skip what was trained
     const auto t_epoch = Clock::now();
     double epoch_compute = 0;
+    int64_t epoch_images = 0;  // this process's, this session (a resumed epoch's earlier images are not timed)
     progress.start_epoch(epoch + 1, c.epochs, steps_per_epoch, step_in_epoch);
     while (auto b = loader.next()) {
       const auto t_step = Clock::now();
@@ -335,6 +347,7 @@ TrainResult train(const TrainConfig& c) {
       epoch_loss += static_cast<double>(loss_value) * n;
       epoch_correct += correct;
       epoch_seen += n;
+      epoch_images += n;
       const double dt = seconds_since(t_step);
       epoch_compute += dt;
       train_images += n;
@@ -344,7 +357,7 @@ TrainResult train(const TrainConfig& c) {
         metric_rows.push_back(fmt::format("step,{},{},{:.6g},{:.6f},{:.6f},,,{:.4f},{:.1f}", epoch + 1, step, lr,
                                           loss_value, static_cast<double>(correct) / n, dt, n / dt));
       progress.step(step_in_epoch, loss_value, static_cast<double>(epoch_correct) / epoch_seen,
-                    (epoch_seen * world) / seconds_since(t_epoch));
+                    (epoch_images * world) / seconds_since(t_epoch));
       if (c.on_step) c.on_step(step, loss_value);
       if (c.process_group) {  // every rank stops at the same step, or the others would wait forever
         int64_t stop = g_signal.load();
@@ -378,16 +391,24 @@ TrainResult train(const TrainConfig& c) {
     if (lead && !c.quiet)
       fmt::print("epoch {:>3}/{}  train loss {:.4f} acc {:.4f}  test loss {:.4f} acc {:.4f}  {:.1f} s  {:.0f} img/s\n",
                  epoch + 1, c.epochs, result.train_loss, result.train_acc, test.loss, test.acc, epoch_s,
-                 epoch_seen * world / epoch_compute);
+                 epoch_images * world / epoch_compute);
     metric_rows.push_back(fmt::format("epoch,{},{},{:.6g},{:.6f},{:.6f},{:.6f},{:.6f},{:.3f},{:.1f}", epoch + 1, step,
                                       opt->param_groups()[0].lr.value_or(c.lr), result.train_loss, result.train_acc,
-                                      test.loss, test.acc, epoch_s, epoch_seen * world / epoch_compute));
+                                      test.loss, test.acc, epoch_s, epoch_images * world / epoch_compute));
     step_in_epoch = 0;
     epoch_loss = 0;
     epoch_correct = epoch_seen = 0;
     save(epoch + 1, 0);
     write_metrics();
     if (lead && !c.bn_stats.empty()) bn_stats.write_csv(c.bn_stats);
+  }
+  if (epoch == start_epoch && !result.interrupted) {  // resumed a finished run: report its weights
+    const EvalResult test = evaluate(*model, test_set, 500, c.process_group.get());
+    result.test_loss = test.loss;
+    result.test_acc = test.acc;
+    if (lead && !c.quiet)
+      fmt::print("nothing left to train: the checkpoint had finished epoch {} of {}; test loss {:.4f} acc {:.4f}\n",
+                 epoch, c.epochs, test.loss, test.acc);
   }
   result.epochs = epoch;
   result.steps = step;

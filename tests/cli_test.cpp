@@ -237,8 +237,8 @@ TEST_CASE("cli: --resume refuses a checkpoint from a run with other settings") {
   const Run r = norma_cli(w, fmt::format("train --data {0}/data --epochs 1 --batch-size 40 --test-limit 20 --threads 1 "
                                          "--quiet --resume {0}/ck.safetensors", w.string()));
   CHECK(r.code == 1);
-  CHECK(r.err.find("batch_size = 20") != std::string::npos);
-  CHECK(r.err.find("batch_size = 40") != std::string::npos);
+  CHECK(r.err.find("global_batch = 20") != std::string::npos);
+  CHECK(r.err.find("global_batch = 40") != std::string::npos);
   fs::remove_all(w);
 }
 
@@ -282,5 +282,41 @@ TEST_CASE("cli: mpirun -np 2 norma train --distributed learns, and its checkpoin
                                          w.string()));
   REQUIRE(e.code == 0);
   CHECK(e.last_json()["test_acc"] == j["test_acc"]);
+
+  // 2 ranks x 10 take the same images per step as 1 process x 20, so either
+  // resumes the other's checkpoint; another global batch is refused.
+  const Run one = norma_cli(w, fmt::format("train --data {0}/data --epochs 3 --batch-size 20 --lr 0.02 --test-limit 100 "
+                                           "--quiet --json --threads 1 --resume {0}/ck.safetensors", w.string()));
+  INFO(one.err);
+  REQUIRE(one.code == 0);
+  CHECK(one.last_json()["steps"] == 30);
+  CHECK(one.last_json()["test_acc"] == j["test_acc"]);  // nothing left to train: the same weights
+  const Run other = norma_cli(w, fmt::format("train --data {0}/data --epochs 3 --batch-size 10 --lr 0.02 --quiet "
+                                             "--threads 1 --resume {0}/ck.safetensors", w.string()));
+  CHECK(other.code != 0);
+  CHECK(other.err.find("was written by a run with global_batch = 20, but this run has global_batch = 10") !=
+        std::string::npos);
+
+  // A single-process run interrupted mid-epoch 2 (step 13 of 30) finishes on 2 ranks.
+  norma::app::TrainConfig c;
+  c.data = (w / "data").string();
+  c.epochs = 3;
+  c.batch_size = 20;
+  c.lr = 0.02;
+  c.test_limit = 100;
+  c.quiet = true;
+  c.threads = 1;
+  c.checkpoint = (w / "single.safetensors").string();
+  c.on_step = [&](int64_t step, double) {
+    if (step == 13) std::raise(SIGINT);
+  };
+  REQUIRE(norma::app::train(c).interrupted);
+  const Run two = norma_cli(w, fmt::format("train --data {0}/data --epochs 3 --batch-size 10 --lr 0.02 --test-limit 100 "
+                                           "--quiet --distributed --json --resume {0}/single.safetensors", w.string()),
+                            "mpirun -np 2 --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 ");
+  INFO(two.err);
+  REQUIRE(two.code == 0);
+  CHECK(two.last_json()["steps"] == 30);
+  CHECK(two.last_json()["test_acc"].get<double>() > 0.5);
   fs::remove_all(w);
 }

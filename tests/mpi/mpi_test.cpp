@@ -73,10 +73,13 @@ std::vector<float> flat_state(nn::Module& m) {
 Tensor rows(const Tensor& t, int64_t start, int64_t n) { return t.narrow(0, start, n).contiguous().clone(); }
 
 // One global batch (2B, 3, 32, 32) with random labels, trained on for every step.
-// Training amplifies rounding differences: at lr 0.01 (momentum 0.5) merely
-// reordering the batch in one process moves the loss by 3e-4 within 10 steps,
-// at lr 0.002 by 5e-5 within 20. At lr 0.001 on one memorised batch the loss
-// stays within 1e-4 for 20 steps; step 0 is compared tightly (1e-5).
+// Training amplifies rounding differences (ReLU and max-pool kinks flip on
+// 1e-7 changes): at lr 0.01 (momentum 0.5) merely reordering the batch in one
+// process moves the loss by 3e-4 within 10 steps. Measured here for 2x64 vs
+// 1x128 after 20 steps: at lr 0.001 the running means differ by 1.5e-4, at
+// lr 0.0005 by 1.5e-5 (loss 2.54 -> 1.88, max loss diff 1.6e-6), so the test
+// trains at 0.0005 and holds the 1e-4 everywhere; step 0 is compared
+// tightly (1e-5).
 struct Data {
   Tensor x, y;
   int steps;
@@ -111,7 +114,7 @@ Run train(const Data& d, int64_t start, int64_t n, uint64_t seed, const BnFactor
     dist::broadcast_state(*model, *group);
     check(flat_state(*model) == root, "broadcast_state gives every rank root's parameters and buffers");
   }
-  optim::SGD opt(model->parameters(), /*lr=*/0.001, /*momentum=*/0.5);
+  optim::SGD opt(model->parameters(), /*lr=*/0.0005, /*momentum=*/0.5);
   Run r;
   const Tensor x = rows(d.x, start, n), y = rows(d.y, start, n);
   for (int s = 0; s < d.steps; ++s) {
@@ -194,14 +197,13 @@ void equivalence() {
   auto got = by_name(sync_bn(), dist.state), want = by_name(plain_bn(), ref.state);
   double worst = 0;
   for (auto& [name, v] : want) {
-    // numpy's allclose(got, want, rtol=tol, atol=tol): elementwise relative for
+    // numpy's allclose(got, want, rtol=1e-4, atol=1e-4): elementwise relative for
     // values above 1, absolute below (BatchNorm biases are ~1e-4 sums of cancelling
-    // terms). tol is 5e-4, not 1e-4: after 20 steps the running means reach 1.5e-4
-    // here, the rounding drift that reordering the batch in one process also shows.
+    // terms, so a pure relative measure of them is noise).
     double e = 0;
     for (size_t i = 0; i < v.size(); ++i)
       e = std::max(e, std::fabs(double(got[name][i]) - v[i]) / (1.0 + std::fabs(v[i])));
-    check(e <= 5e-4, fmt::format("after {} steps, {}: |got - want| / (1 + |want|) reaches {:.3g} > 5e-4 (normwise "
+    check(e <= 1e-4, fmt::format("after {} steps, {}: |got - want| / (1 + |want|) reaches {:.3g} > 1e-4 (normwise "
                                  "relative {:.3g})", steps, name, e, l2_rel(got[name], v)));
     if (pg->rank() == 0) fmt::print("  {:>20}: allclose measure {:.2g}, normwise relative {:.2g}\n", name, e, l2_rel(got[name], v));
     worst = std::max(worst, e);
