@@ -120,7 +120,8 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
   for (const auto& [k, t] : state) given.insert(k);
   std::vector<std::pair<Tensor, Tensor>> copies;  // validated first, copied only if all is well
   for (auto& [k, dst] : mine) {
-    auto it = std::find_if(state.begin(), state.end(), [&](const auto& kv) { return kv.first == k; });
+    // [&k = k]: clang 14 cannot capture a structured binding implicitly (C++20 allows it).
+    auto it = std::find_if(state.begin(), state.end(), [&k = k](const auto& kv) { return kv.first == k; });
     if (it == state.end()) {
       missing.push_back(k);
     } else if (!it->second.defined() || it->second.shape() != dst.shape()) {
@@ -132,7 +133,7 @@ void Module::load_state_dict(const NamedTensors& state, bool strict) {
     }
   }
   for (const auto& [k, t] : state) {
-    bool known = std::any_of(mine.begin(), mine.end(), [&](const auto& kv) { return kv.first == k; });
+    bool known = std::any_of(mine.begin(), mine.end(), [&k = k](const auto& kv) { return kv.first == k; });
     if (!known) unexpected.push_back(k);
   }
   if (!mismatched.empty() || (strict && (!missing.empty() || !unexpected.empty()))) {

@@ -60,8 +60,10 @@ TEST_CASE("conv2d: gradcheck of input, weight and bias") {
     Tensor x = randn({2, 4, 5, 5}).requires_grad_();
     Tensor w = randn({4, 4 / groups, 3, 3}).requires_grad_();
     Tensor b = randn({4}).requires_grad_();
-    auto r = gradcheck([&](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], stride, pad, dil, groups); },
-                       {x, w, b});
+    // Bindings captured by name: clang 14 cannot capture structured bindings implicitly.
+    auto r = gradcheck([stride = stride, pad = pad, dil = dil, groups = groups](const std::vector<Tensor>& in) {
+      return conv2d(in[0], in[1], in[2], stride, pad, dil, groups);
+    }, {x, w, b});
     INFO(r.message);
     CHECK(r.ok);
   }

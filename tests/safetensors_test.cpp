@@ -125,7 +125,8 @@ TEST_CASE("safetensors: round trip is bit-exact, with metadata") {
   CHECK(names == std::vector<std::string>{"bn.num_batches_tracked", "empty", "empty3d", "nan_payload", "scalar",
                                           "special", "strided", "w"});
   for (const auto& [name, t] : in) {
-    auto it = std::find_if(out.tensors.begin(), out.tensors.end(), [&](const auto& kv) { return kv.first == name; });
+    // [&name = name]: clang 14 cannot capture a structured binding implicitly.
+    auto it = std::find_if(out.tensors.begin(), out.tensors.end(), [&name = name](const auto& kv) { return kv.first == name; });
     REQUIRE(it != out.tensors.end());
     INFO("tensor " << name);
     CHECK(it->second.shape() == t.shape());
