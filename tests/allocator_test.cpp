@@ -57,6 +57,33 @@ TEST_CASE("allocator: freed blocks are reused for requests of the same class") {
   CHECK(allocator_stats().fresh_allocs == s4.fresh_allocs + 1);
 }
 
+TEST_CASE("allocator: a request with no block of its class borrows one up to twice as large") {
+  empty_cache();
+  const size_t big = 1 << 20;  // class 1 MiB
+  void* p = cached_alloc(big);
+  cached_free(p, big);
+  const AllocatorStats s0 = allocator_stats();
+  // 600 KB (class 640 KiB) finds no block of its own class: it gets the 1 MiB block.
+  void* q = cached_alloc(600000);
+  const AllocatorStats s1 = allocator_stats();
+  CHECK(q == p);
+  CHECK(s1.fresh_allocs == s0.fresh_allocs);
+  CHECK(s1.bytes_in_use == s0.bytes_in_use + int64_t(big));  // accounted at the block's real size
+  // Freed under its small size, it still returns to the 1 MiB list.
+  cached_free(q, 600000);
+  CHECK(allocator_stats().bytes_cached == s0.bytes_cached);
+  void* r = cached_alloc(big);
+  CHECK(r == p);
+  CHECK(allocator_stats().fresh_allocs == s0.fresh_allocs);
+  cached_free(r, big);
+  // More than twice as small: a fresh block, the big one stays cached.
+  void* t = cached_alloc(400000);
+  CHECK(t != p);
+  CHECK(allocator_stats().fresh_allocs == s0.fresh_allocs + 1);
+  cached_free(t, 400000);
+  empty_cache();
+}
+
 TEST_CASE("allocator: a training loop makes no fresh allocations after its first step") {
   // A 2-32-32-1 MLP fit to y = x0 * x1 by plain SGD, as in `norma demo`.
   manual_seed(5);
