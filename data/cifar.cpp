@@ -79,6 +79,11 @@ void read_records(const std::string& path, int64_t record, int64_t take, uint8_t
 }  // namespace
 
 CifarDataset CifarDataset::load(const std::string& dir, Split split, CifarKind kind, int64_t limit) {
+  if (split != Split::train && split != Split::test)
+    fail("CifarDataset::load: unknown split {} (not a Split value)", int(split));
+  if (kind != CifarKind::cifar10 && kind != CifarKind::cifar100)
+    fail("CifarDataset::load: unknown kind {} (not a CifarKind value)", int(kind));
+  if (limit < -1) fail("CifarDataset::load: limit must be -1 (every record) or >= 0, got {}", limit);
   const bool c100 = kind == CifarKind::cifar100;
   if (!fs::is_directory(dir))
     fail("cifar: data directory '{}' does not exist (expected the {} binary files there)", dir,

@@ -146,9 +146,19 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
 
 // ---------------------------------------------------------------- the op
 
+void check_batchnorm_enums(const char* op, Layout layout, VarianceMethod variance_method, SyncRule sync_rule) {
+  if (layout != Layout::NCHW && layout != Layout::NHWC)
+    fail("{}: unknown layout {} (not a Layout value)", op, int(layout));
+  if (variance_method != VarianceMethod::two_pass && variance_method != VarianceMethod::one_pass)
+    fail("{}: unknown variance_method {} (not a VarianceMethod value)", op, int(variance_method));
+  if (sync_rule != SyncRule::global && sync_rule != SyncRule::replica_average)
+    fail("{}: unknown sync_rule {} (not a SyncRule value)", op, int(sync_rule));
+}
+
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                     const Tensor& running_var, const BatchNormArgs& a) {
   if (!x.defined()) fail("batch_norm2d: input is an undefined tensor");
+  check_batchnorm_enums("batch_norm2d", a.layout, a.variance_method, a.sync_rule);
   const char* layout_name = a.layout == Layout::NCHW ? "(N, C, H, W)" : "(N, H, W, C)";
   if (x.dim() != 4) fail("batch_norm2d: expected a 4-D input {}, got {}", layout_name, x.shape());
   const int64_t N = x.size(0), C = a.layout == Layout::NCHW ? x.size(1) : x.size(3);
@@ -265,6 +275,7 @@ BatchNorm2d::BatchNorm2d(const BatchNorm2dOptions& o) : options(o) {
          m.min_factor);
   if (o.freeze_ && !o.track_running_stats_)
     fail("BatchNorm2d: freeze=true needs track_running_stats=true (it normalises with the running statistics)");
+  check_batchnorm_enums("BatchNorm2d", o.layout_, o.variance_method_, o.sync_rule_);
   if (o.num_features_ > 0) {
     options.num_features_ = 0;
     materialize(o.num_features_);

@@ -146,6 +146,10 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                     const Tensor& running_var, const BatchNormArgs& args);
 
+// Fails, naming `op`, on a Layout, VarianceMethod or SyncRule that is none of
+// its enum's values (a cast int, a corrupt config) instead of misreading it.
+void check_batchnorm_enums(const char* op, Layout layout, VarianceMethod variance_method, SyncRule sync_rule);
+
 // A lazy module (num_features 0) has no parameters and buffers until its
 // first forward (or materialize()): build the optimizer after that forward, and
 // materialize() a fresh lazy module before loading a checkpoint into it.

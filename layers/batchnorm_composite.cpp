@@ -14,6 +14,7 @@ namespace {
 void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                 const Tensor& running_var, const BatchNormArgs& a) {
   if (!x.defined()) fail("batch_norm2d_composite: input is an undefined tensor");
+  check_batchnorm_enums("batch_norm2d_composite", a.layout, a.variance_method, a.sync_rule);
   const char* layout_name = a.layout == Layout::NCHW ? "(N, C, H, W)" : "(N, H, W, C)";
   if (x.dim() != 4) fail("batch_norm2d_composite: expected a 4-D input {}, got {}", layout_name, x.shape());
   const int64_t C = x.size(a.layout == Layout::NCHW ? 1 : 3), M = x.numel() / std::max<int64_t>(C, 1);

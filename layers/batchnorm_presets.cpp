@@ -35,6 +35,8 @@ BatchNorm2dOptions megengine(int64_t num_features, bool freeze, double momentum)
 
 BatchNorm2dOptions brainpy(int64_t num_features, BrainPyVersion version, double momentum) {
   check_decay("brainpy", momentum);
+  if (version != BrainPyVersion::v2_7_8 && version != BrainPyVersion::v2_8)
+    fail("bn_presets::brainpy: unknown version {} (not a BrainPyVersion value)", int(version));
   return BatchNorm2dOptions(num_features)
       .layout(Layout::NHWC)
       .momentum(MomentumRule::decay(momentum))

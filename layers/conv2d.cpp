@@ -27,10 +27,14 @@ ConvShape conv2d_shape(const Shape& x, const Shape& w, Size2 stride, Size2 paddi
          groups, x[1], x, w[0], w);
   if (x[1] != w[1] * groups)
     fail("conv2d: input {} has {} channels but weight {} expects {}", x, x[1], w, w[1] * groups);
+  // An empty batch (N = 0) gives an empty output, as in PyTorch; empty planes do not.
+  if (x[1] < 1 || x[2] < 1 || x[3] < 1)
+    fail("conv2d: input {} must have non-zero channels, height and width", x);
+  if (w[2] < 1 || w[3] < 1) fail("conv2d: weight {} has an empty kernel ({}, {})", w, w[2], w[3]);
   ConvShape s{x[0], x[1], x[2], x[3], w[0], w[2], w[3], stride.h, stride.w, padding.h, padding.w,
               dilation.h, dilation.w, groups, 0, 0};
   const int64_t ekh = s.dh * (s.kh - 1) + 1, ekw = s.dw * (s.kw - 1) + 1;  // dilated kernel
-  if (s.kh < 1 || s.kw < 1 || ekh > s.H + 2 * s.ph || ekw > s.W + 2 * s.pw)
+  if (ekh > s.H + 2 * s.ph || ekw > s.W + 2 * s.pw)
     fail("conv2d: kernel ({}, {}) (dilated ({}, {})) is larger than the padded input ({}, {}) of input {}", s.kh,
          s.kw, ekh, ekw, s.H + 2 * s.ph, s.W + 2 * s.pw, x);
   s.OH = (s.H + 2 * s.ph - ekh) / s.sh + 1;
@@ -260,6 +264,10 @@ Conv2d::Conv2d(const Conv2dOptions& o) : options(o) {
   if (o.groups_ < 1 || o.in_channels_ % o.groups_ || o.out_channels_ % o.groups_)
     fail("Conv2d: groups {} must divide in_channels {} and out_channels {}", o.groups_, o.in_channels_,
          o.out_channels_);
+  if (o.stride_.h < 1 || o.stride_.w < 1 || o.dilation_.h < 1 || o.dilation_.w < 1 || o.padding_.h < 0 ||
+      o.padding_.w < 0)
+    fail("Conv2d: stride ({}, {}) and dilation ({}, {}) must be >= 1 and padding ({}, {}) >= 0", o.stride_.h,
+         o.stride_.w, o.dilation_.h, o.dilation_.w, o.padding_.h, o.padding_.w);
   weight = register_parameter(
       "weight", empty({o.out_channels_, o.in_channels_ / o.groups_, o.kernel_size_.h, o.kernel_size_.w}));
   if (o.bias_) bias = register_parameter("bias", empty({o.out_channels_}));

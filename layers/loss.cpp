@@ -50,6 +50,18 @@ Tensor per_sample_grad(const Tensor& dy, Reduction r, int64_t N) {
   return full({N}, r == Reduction::mean ? float(double(dy.item()) / double(N)) : dy.item());
 }
 
+void check_reduction(const char* op, Reduction r) {
+  if (r != Reduction::none && r != Reduction::mean && r != Reduction::sum)
+    fail("{}: unknown reduction {} (not a Reduction value)", op, int(r));
+}
+
+// A known Reduction; the mean of no samples (0 / 0) is an error rather than a NaN loss.
+void check_reduction(const char* op, Reduction r, const Tensor& input) {
+  check_reduction(op, r);
+  if (r == Reduction::mean && input.numel() == 0)
+    fail("{}: reduction mean over the empty input {} is undefined (use Reduction::sum or none)", op, input.shape());
+}
+
 void check_smoothing(const char* op, double eps) {
   if (!(eps >= 0.0 && eps <= 1.0)) fail("{}: label_smoothing must be in [0, 1], got {}", op, eps);
 }
@@ -92,6 +104,7 @@ void cross_entropy_backward(float* dlogits, const float* dloss, const float* log
 Tensor cross_entropy(const Tensor& logits, const Tensor& target, Reduction reduction, double label_smoothing) {
   auto classes = std::make_shared<const std::vector<int64_t>>(class_targets("cross_entropy", "logits", logits, target));
   check_smoothing("cross_entropy", label_smoothing);
+  check_reduction("cross_entropy", reduction, logits);
   const int64_t N = logits.size(0), C = logits.size(1);
   Tensor zc = logits.contiguous();
   Tensor losses = empty({N});
@@ -120,6 +133,7 @@ void nll_loss_backward(float* dlog_probs, const float* dloss, const int64_t* tar
 
 Tensor nll_loss(const Tensor& log_probs, const Tensor& target, Reduction reduction) {
   auto classes = std::make_shared<const std::vector<int64_t>>(class_targets("nll_loss", "log_probs", log_probs, target));
+  check_reduction("nll_loss", reduction, log_probs);
   const int64_t N = log_probs.size(0), C = log_probs.size(1);
   Tensor xc = log_probs.contiguous();
   Tensor losses = empty({N});
@@ -139,6 +153,7 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) 
   if (!input.defined() || !target.defined()) fail("mse_loss: input and target must be defined tensors");
   if (input.shape() != target.shape())
     fail("mse_loss: input {} and target {} must have the same shape", input.shape(), target.shape());
+  check_reduction("mse_loss", reduction, input);
   Tensor d = input - target;
   Tensor sq = d * d;
   switch (reduction) {
@@ -154,6 +169,7 @@ Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) 
 CrossEntropyLoss::CrossEntropyLoss(Reduction reduction, double label_smoothing)
     : reduction(reduction), label_smoothing(label_smoothing) {
   check_smoothing("CrossEntropyLoss", label_smoothing);
+  check_reduction("CrossEntropyLoss", reduction);
 }
 
 }  // namespace norma::nn

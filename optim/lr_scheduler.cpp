@@ -198,9 +198,15 @@ OneCycleLR::OneCycleLR(Optimizer& optimizer, std::vector<double> max_lrs, int64_
     fail("OneCycleLR: pct_start {} is outside [0, 1]", options.pct_start);
   if (max_lrs.size() != groups.size())
     fail("OneCycleLR: got {} max_lrs for {} param groups", max_lrs.size(), groups.size());
-  if (!(options.div_factor > 0) || !(options.final_div_factor > 0))
-    fail("OneCycleLR: div_factor {} and final_div_factor {} must be > 0", options.div_factor,
+  if (!(options.div_factor > 0) || !(options.final_div_factor > 0) || !std::isfinite(options.div_factor) ||
+      !std::isfinite(options.final_div_factor))
+    fail("OneCycleLR: div_factor {} and final_div_factor {} must be finite and > 0", options.div_factor,
          options.final_div_factor);
+  for (size_t i = 0; i < max_lrs.size(); ++i)
+    if (!std::isfinite(max_lrs[i]) || max_lrs[i] < 0)
+      fail("OneCycleLR: max_lr {} of param group {} must be finite and >= 0", max_lrs[i], i);
+  if (options.anneal_strategy != Anneal::Cos && options.anneal_strategy != Anneal::Linear)
+    fail("OneCycleLR: unknown anneal_strategy {} (not an Anneal value)", int(options.anneal_strategy));
   using G = ParamGroup;
   const double T = double(total_steps), pct = options.pct_start;
   if (options.three_phase)
@@ -214,6 +220,12 @@ OneCycleLR::OneCycleLR(Optimizer& optimizer, std::vector<double> max_lrs, int64_
     use_beta1_ = bool(optimizer.defaults().beta1);
     if (!use_beta1_ && !optimizer.defaults().momentum)
       fail("OneCycleLR: cycle_momentum needs an optimizer with momentum or betas; {} has neither",
+           optimizer.name());
+    const double lo = options.base_momentum, hi = options.max_momentum;
+    if (!std::isfinite(lo) || !std::isfinite(hi) || lo < 0 || hi < 0)
+      fail("OneCycleLR: base_momentum {} and max_momentum {} must be finite and >= 0", lo, hi);
+    if (use_beta1_ && (lo >= 1 || hi >= 1))
+      fail("OneCycleLR: base_momentum {} and max_momentum {} must lie in [0, 1) to cycle {}'s beta1", lo, hi,
            optimizer.name());
   }
   base_lrs_.clear();

@@ -3,6 +3,7 @@
 #include "test_util.h"
 
 #include <norma/layers/batchnorm2d.h>
+#include <norma/layers/batchnorm_composite.h>
 
 using namespace norma;
 using namespace norma::nn;
@@ -151,7 +152,51 @@ TEST_CASE("BatchNorm2d: errors") {
   CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).momentum(MomentumRule::pytorch(1.5))),
                     Catch::Contains("momentum factors must lie in [0, 1]"));
   CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).inplace(true)).forward(zeros({2, 2, 2, 2})),
-                    Catch::Contains("inplace=true is only allowed in eval mode"));
+                    Catch::Contains("BatchNorm2d: inplace=true is only allowed in eval mode (training needs the input for backward)"));
+}
+
+TEST_CASE("BatchNorm2d: edge cases fail at the entry point, naming the op and values") {
+  using Catch::Contains;
+  // The issue's case: one value per channel in training (PyTorch: "Expected more than 1 value per channel
+  // when training, got input size [1, 3, 1, 1]"); an empty batch as well.
+  CHECK_THROWS_WITH(BatchNorm2d(3).forward(zeros({0, 3, 4, 4})),
+                    Contains("batch_norm2d: expected more than 1 value per channel when training, got input size (0, 3, 4, 4)"));
+  BatchNorm2d ev(3);
+  ev.eval();
+  CHECK(ev.forward(zeros({1, 3, 1, 1})).shape() == Shape{1, 3, 1, 1});  // eval: one value is fine
+  CHECK(ev.forward(zeros({0, 3, 4, 4})).shape() == Shape{0, 3, 4, 4});  // and so is an empty batch
+  // Non-finite hyper-parameters.
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).eps(NAN)), Contains("BatchNorm2d: eps must be positive and finite, got nan"));
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).eps(INFINITY)), Contains("BatchNorm2d: eps must be positive and finite, got inf"));
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).momentum(MomentumRule::pytorch(NAN))),
+                    Contains("BatchNorm2d: momentum factors must lie in [0, 1], got init_factor 0 and min_factor nan"));
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(2).freeze(true).track_running_stats(false)),
+                    Contains("BatchNorm2d: freeze=true needs track_running_stats=true (it normalises with the running statistics)"));
+  // Unknown enum values: named, not read as the other layout.
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(3).layout(Layout(7))), Contains("BatchNorm2d: unknown layout 7 (not a Layout value)"));
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(3).variance_method(VarianceMethod(2))),
+                    Contains("BatchNorm2d: unknown variance_method 2 (not a VarianceMethod value)"));
+  CHECK_THROWS_WITH(BatchNorm2d(BatchNorm2dOptions(3).sync_rule(SyncRule(-1))),
+                    Contains("BatchNorm2d: unknown sync_rule -1 (not a SyncRule value)"));
+  BatchNormArgs a;
+  a.layout = Layout(9);
+  CHECK_THROWS_WITH(batch_norm2d(zeros({2, 3, 2, 2}), Tensor(), Tensor(), Tensor(), Tensor(), a),
+                    Contains("batch_norm2d: unknown layout 9 (not a Layout value)"));
+  CHECK_THROWS_WITH(batch_norm2d_composite(zeros({2, 3, 2, 2}), Tensor(), Tensor(), Tensor(), Tensor(), a),
+                    Contains("batch_norm2d_composite: unknown layout 9 (not a Layout value)"));
+  a = BatchNormArgs();
+  a.variance_method = VarianceMethod(4);
+  CHECK_THROWS_WITH(batch_norm2d(zeros({2, 3, 2, 2}), Tensor(), Tensor(), Tensor(), Tensor(), a),
+                    Contains("batch_norm2d: unknown variance_method 4 (not a VarianceMethod value)"));
+  a = BatchNormArgs();
+  a.sync_rule = SyncRule(3);
+  CHECK_THROWS_WITH(batch_norm2d(zeros({2, 3, 2, 2}), Tensor(), Tensor(), Tensor(), Tensor(), a),
+                    Contains("batch_norm2d: unknown sync_rule 3 (not a SyncRule value)"));
+  // Lazy modules.
+  CHECK_THROWS_WITH(BatchNorm2d(0).forward(zeros({2, 0, 4, 4})), Contains("BatchNorm2d: cannot materialize with 0 channels"));
+  BatchNorm2d lazy(0);
+  lazy.materialize(3);
+  CHECK_THROWS_WITH(lazy.materialize(4), Contains("BatchNorm2d: already has 3 channels, cannot materialize with 4"));
 }
 
 TEST_CASE("BatchNorm2d: parameters are not buffers") {

@@ -476,6 +476,12 @@ TEST_CASE("bn presets: errors") {
   CHECK_THROWS_WITH(presets::numpy_ml(0, 2.0), Catch::Contains("bn_presets::numpy_ml: momentum (a decay) must lie"));
   CHECK_THROWS_WITH(presets::puzzlelib(3, 1.0, 0.1, -0.01),
                     Catch::Contains("bn_presets::puzzlelib: sscale must be finite and >= 0, got -0.01"));
+  CHECK_THROWS_WITH(presets::puzzlelib(3, 1.0, 0.1, NAN),
+                    Catch::Contains("bn_presets::puzzlelib: sscale must be finite and >= 0, got nan"));
+  CHECK_THROWS_WITH(presets::megengine(3, false, NAN),
+                    Catch::Contains("bn_presets::megengine: momentum (a decay) must lie in [0, 1], got nan"));
+  CHECK_THROWS_WITH(presets::brainpy(3, presets::BrainPyVersion(5)),
+                    Catch::Contains("bn_presets::brainpy: unknown version 5 (not a BrainPyVersion value)"));
   CHECK_THROWS_WITH(BatchNorm2d(presets::puzzlelib(3, 1.5)), Catch::Contains("momentum factors must lie in [0, 1]"));
   CHECK_THROWS_WITH(BatchNorm2d(presets::pytorch(-2)),
                     Catch::Contains("BatchNorm2d: num_features must be positive (or 0 for lazy), got -2"));

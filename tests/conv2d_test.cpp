@@ -117,4 +117,30 @@ TEST_CASE("conv2d: errors name the op and every shape") {
                     Catch::Contains("conv2d: groups 2 must divide both input channels 4"));
   CHECK_THROWS_WITH(Conv2d(3, 4, 3, 1, 0, 1, 2), Catch::Contains("Conv2d: groups 2 must divide in_channels 3 and out_channels 4"));
   CHECK_THROWS_WITH(Conv2d(0, 4, 3), Catch::Contains("Conv2d: in_channels 0, out_channels 4 and kernel_size (3, 3) must be positive"));
+  CHECK_THROWS_WITH(Conv2d(3, 4, 3, {1, 0}), Catch::Contains("Conv2d: stride (1, 0) and dilation (1, 1) must be >= 1 and padding (0, 0) >= 0"));
+  CHECK_THROWS_WITH(Conv2d(3, 4, 3, 1, {-1, 2}, 2),
+                    Catch::Contains("Conv2d: stride (1, 1) and dilation (2, 2) must be >= 1 and padding (-1, 2) >= 0"));
+  // Empty planes (not an empty batch) and an empty kernel are errors, not a bias-only output.
+  CHECK_THROWS_WITH(conv2d(zeros({2, 0, 8, 8}), zeros({4, 0, 3, 3}), Tensor()),
+                    Catch::Contains("conv2d: input (2, 0, 8, 8) must have non-zero channels, height and width"));
+  CHECK_THROWS_WITH(conv2d(zeros({1, 3, 0, 0}), zeros({4, 3, 1, 1}), ones({4}), 1, 1),
+                    Catch::Contains("conv2d: input (1, 3, 0, 0) must have non-zero channels, height and width"));
+  CHECK_THROWS_WITH(conv2d(zeros({1, 3, 4, 4}), zeros({4, 3, 0, 3}), Tensor()),
+                    Catch::Contains("conv2d: weight (4, 3, 0, 3) has an empty kernel (0, 3)"));
+  CHECK_THROWS_WITH(conv2d(zeros({1, 3, 4, 4}), zeros({4, 3, 3, 3}), Tensor(), 1, 0, 3),
+                    Catch::Contains("conv2d: kernel (3, 3) (dilated (7, 7)) is larger than the padded input (4, 4) of input (1, 3, 4, 4)"));
+  CHECK_THROWS_WITH(conv2d(Tensor(), w, Tensor()), Catch::Contains("conv2d: input and weight must be defined tensors"));
+  CHECK_THROWS_WITH(conv2d(zeros({1, 3, 8, 8}), zeros({16, 3, 3}), Tensor()),
+                    Catch::Contains("conv2d: weight must be 4-D (K, C/groups, kh, kw), got (16, 3, 3)"));
+  CHECK_THROWS_WITH(conv2d(zeros({1, 3, 8, 8}), w, Tensor(), 1, {0, -1}),
+                    Catch::Contains("conv2d: stride (1, 1) and dilation (1, 1) must be >= 1 and padding (0, -1) >= 0"));
+}
+
+TEST_CASE("conv2d: an empty batch gives an empty output, forward and backward") {
+  Tensor x = zeros({0, 3, 8, 8}).requires_grad_(), w = randn({4, 3, 3, 3}).requires_grad_();
+  Tensor y = conv2d(x, w, Tensor(), 1, 1);
+  CHECK(y.shape() == Shape{0, 4, 8, 8});
+  y.sum().backward();
+  CHECK(x.grad().shape() == Shape{0, 3, 8, 8});
+  NORMA_CHECK_CLOSE(w.grad(), zeros({4, 3, 3, 3}), 0, 0);
 }

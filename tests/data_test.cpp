@@ -108,7 +108,10 @@ TEST_CASE("data: md5_file and sha256_file agree with md5sum and sha256sum") {
     CHECK(md5_file(path) == sh_hash("md5sum", path));
     CHECK(sha256_file(path) == sh_hash("sha256sum", path));
   }
-  CHECK_THAT(error_of([&] { md5_file(tmp.str("nope")); }), Contains("nope"));
+  CHECK_THAT(error_of([&] { md5_file(tmp.str("nope")); }), Contains("md5_file: cannot open '" + tmp.str("nope") + "'"));
+  CHECK_THAT(error_of([&] { sha256_file(tmp.str("nope")); }), Contains("sha256_file: cannot open '" + tmp.str("nope") + "'"));
+  // A directory opens but cannot be read.
+  CHECK_THAT(error_of([&] { sha256_file(tmp.str()); }), Contains("sha256_file: read error in '" + tmp.str() + "'"));
 }
 
 // ---- readers
@@ -140,8 +143,16 @@ TEST_CASE("data: CIFAR-10 synthetic files read back exactly") {
   CHECK(part.image(5)[100] == synth_pixel(1, 1, 100));
   CHECK(CifarDataset::load(tmp.str(), Split::train, CifarKind::cifar10, 1000).size() == 20);
 
-  CHECK_THAT(error_of([&] { train.coarse_label(0); }), Contains("only CIFAR-100"));
-  CHECK_THAT(error_of([&] { train.image(20); }), Contains("index 20") && Contains("20 images"));
+  CHECK_THAT(error_of([&] { train.coarse_label(0); }), Contains("CifarDataset::coarse_label: only CIFAR-100 has coarse labels"));
+  CHECK_THAT(error_of([&] { train.image(20); }), Contains("CifarDataset::image: index 20 out of range for a dataset of 20 images"));
+  CHECK_THAT(error_of([&] { train.label(-1); }), Contains("CifarDataset::label: index -1 out of range for a dataset of 20 images"));
+  // Arguments: a negative limit other than -1 and enum values that are none of the enum's.
+  CHECK_THAT(error_of([&] { CifarDataset::load(tmp.str(), Split::train, CifarKind::cifar10, -2); }),
+             Contains("CifarDataset::load: limit must be -1 (every record) or >= 0, got -2"));
+  CHECK_THAT(error_of([&] { CifarDataset::load(tmp.str(), Split(2)); }),
+             Contains("CifarDataset::load: unknown split 2 (not a Split value)"));
+  CHECK_THAT(error_of([&] { CifarDataset::load(tmp.str(), Split::test, CifarKind(-1)); }),
+             Contains("CifarDataset::load: unknown kind -1 (not a CifarKind value)"));
 }
 
 TEST_CASE("data: CIFAR-100 synthetic files read back exactly") {
@@ -171,17 +182,18 @@ TEST_CASE("data: reader errors name the file and the values") {
 
   SECTION("missing directory") {
     std::string msg = error_of([&] { CifarDataset::load(tmp.str("absent"), Split::train); });
-    CHECK_THAT(msg, Contains(tmp.str("absent")) && Contains("does not exist"));
+    CHECK_THAT(msg, Contains("cifar: data directory '" + tmp.str("absent") +
+                             "' does not exist (expected the CIFAR-10 binary files there)"));
   }
   SECTION("missing file") {
     fs::remove(dir + "/data_batch_4.bin");
-    CHECK_THAT(load10(Split::train), Contains("missing file") && Contains(dir + "/data_batch_4.bin"));
+    CHECK_THAT(load10(Split::train), Contains("cifar: missing file '" + dir + "/data_batch_4.bin'"));
     CHECK(load10(Split::test).empty());
   }
   SECTION("size not a whole number of records") {
     fs::resize_file(dir + "/test_batch.bin", 3 * 3073 - 5);
     CHECK_THAT(load10(Split::test),
-               Contains(dir + "/test_batch.bin") && Contains("9214 bytes") && Contains("3073-byte records"));
+               Contains("cifar: '" + dir + "/test_batch.bin' has 9214 bytes, not a whole number of 3073-byte records"));
     fs::resize_file(dir + "/test_batch.bin", 0);
     CHECK_THAT(load10(Split::test), Contains("has 0 bytes"));
   }
@@ -190,8 +202,7 @@ TEST_CASE("data: reader errors name the file and the values") {
     bytes[2 * 3073] = 10;  // record 2
     write_bytes(dir + "/data_batch_2.bin", bytes);
     CHECK_THAT(load10(Split::train),
-               Contains(dir + "/data_batch_2.bin") && Contains("record 2") && Contains("label 10") &&
-                   Contains("0..9"));
+               Contains("cifar: '" + dir + "/data_batch_2.bin' record 2 (0-based) has label 10, expected 0..9"));
   }
   SECTION("CIFAR-100 coarse and fine labels out of range") {
     const std::string d100 = tmp.str("c100");
@@ -200,14 +211,12 @@ TEST_CASE("data: reader errors name the file and the values") {
     bytes[1 * 3074] = 20;  // record 1: coarse 20
     write_bytes(d100 + "/train.bin", bytes);
     CHECK_THAT(error_of([&] { CifarDataset::load(d100, Split::train, CifarKind::cifar100); }),
-               Contains(d100 + "/train.bin") && Contains("record 1") && Contains("coarse label 20") &&
-                   Contains("0..19"));
+               Contains("cifar: '" + d100 + "/train.bin' record 1 (0-based) has coarse label 20, expected 0..19"));
     bytes[1 * 3074] = 0;
     bytes[3 * 3074 + 1] = 100;  // record 3: fine 100
     write_bytes(d100 + "/test.bin", bytes);
     CHECK_THAT(error_of([&] { CifarDataset::load(d100, Split::test, CifarKind::cifar100); }),
-               Contains(d100 + "/test.bin") && Contains("record 3") && Contains("fine label 100") &&
-                   Contains("0..99"));
+               Contains("cifar: '" + d100 + "/test.bin' record 3 (0-based) has fine label 100, expected 0..99"));
   }
   SECTION("SHA256SUMS checked when present") {
     std::string good = sha256_file(dir + "/test_batch.bin");
@@ -218,15 +227,17 @@ TEST_CASE("data: reader errors name the file and the values") {
       sums << good << "  test_batch.bin\n" << bad << " *data_batch_1.bin\n";
     }
     CHECK(load10(Split::test).empty());  // a match passes
-    CHECK_THAT(load10(Split::train), Contains(dir + "/data_batch_1.bin") && Contains(bad) &&
-                                         Contains(sha256_file(dir + "/data_batch_1.bin")));
+    CHECK_THAT(load10(Split::train), Contains("cifar: SHA-256 of '" + dir + "/data_batch_1.bin' is " +
+                                              sha256_file(dir + "/data_batch_1.bin") + " but " + dir + "/SHA256SUMS expects " +
+                                              bad + " (the file is damaged or not the original)"));
     // Files past the limit are not read, so their checksum is not checked.
     CHECK(error_of([&] { CifarDataset::load(dir, Split::train, CifarKind::cifar10, 0); }).empty());
     {
       std::ofstream sums(dir + "/SHA256SUMS");
       sums << "not a checksum line\n";
     }
-    CHECK_THAT(load10(Split::test), Contains(dir + "/SHA256SUMS:1") && Contains("not a checksum line"));
+    CHECK_THAT(load10(Split::test), Contains("cifar: " + dir + "/SHA256SUMS:1: expected '<64 hex digits>  <file name>', "
+                                             "got 'not a checksum line'"));
   }
 }
 
@@ -530,17 +541,18 @@ TEST_CASE("data: loader option errors") {
     edit(opt);
     return error_of([&] { DataLoader loader(ds, opt); });
   };
-  CHECK_THAT(msg([](LoaderOptions& o) { o.batch_size = 0; }), Contains("batch_size must be positive, got 0"));
-  CHECK_THAT(msg([](LoaderOptions& o) { o.prefetch = -1; }), Contains("prefetch must be >= 0") && Contains("-1"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.batch_size = 0; }), Contains("DataLoader: batch_size must be positive, got 0"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.prefetch = -1; }), Contains("DataLoader: prefetch must be >= 0 (0 = no worker thread), got -1"));
   CHECK_THAT(msg([](LoaderOptions& o) { o.rank = 2, o.world_size = 2; }),
-             Contains("rank 2") && Contains("world_size 2"));
-  CHECK_THAT(msg([](LoaderOptions& o) { o.world_size = 0; }), Contains("world_size 0"));
+             Contains("DataLoader: need 0 <= rank < world_size, got rank 2 and world_size 2"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.world_size = 0; }), Contains("got rank 0 and world_size 0"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.rank = -1; }), Contains("got rank -1 and world_size 1"));
   CHECK_THAT(msg([](LoaderOptions& o) { o.batch_size = 16, o.drop_last = true; }),
-             Contains("10 samples make no batch of 16"));
+             Contains("DataLoader: 10 samples make no batch of 16 per rank with world_size 1 and drop_last true"));
   CifarDataset empty_ds = CifarDataset::load(tmp.str(), Split::train, CifarKind::cifar10, 0);
-  CHECK_THAT(error_of([&] { DataLoader loader(empty_ds, LoaderOptions{}); }), Contains("dataset is empty"));
+  CHECK_THAT(error_of([&] { DataLoader loader(empty_ds, LoaderOptions{}); }), Contains("DataLoader: the dataset is empty"));
   DataLoader loader(ds, LoaderOptions{});
-  CHECK_THAT(error_of([&] { loader.set_epoch(-1); }), Contains("epoch must be >= 0, got -1"));
+  CHECK_THAT(error_of([&] { loader.set_epoch(-1); }), Contains("DataLoader::set_epoch: epoch must be >= 0, got -1"));
 }
 
 TEST_CASE("data: worker errors reach next() and set_epoch restarts mid-epoch") {

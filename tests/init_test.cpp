@@ -224,6 +224,29 @@ TEST_CASE("init: errors name the function and the bad value") {
   CHECK_THROWS_WITH(init::uniform_(t, 1.0, 0.0), "uniform: need finite low <= high, got low 1 and high 0");
   CHECK_THROWS_WITH(init::normal_(t, 0.0, -1.0), "normal: need a finite mean and std >= 0, got mean 0 and std -1");
   CHECK(t.to_vector() == std::vector<float>{0, 0, 0});  // a failed init leaves the tensor alone
+  // Non-finite arguments and unknown enum values are named before anything is drawn.
+  Tensor w = zeros({4, 3});
+  CHECK_THROWS_WITH(init::kaiming_uniform_(w, NAN), Catch::Contains("kaiming_uniform_: negative slope a must be finite, got nan"));
+  CHECK_THROWS_WITH(init::kaiming_normal_(w, INFINITY), Catch::Contains("kaiming_normal_: negative slope a must be finite, got inf"));
+  CHECK_THROWS_WITH(init::kaiming_uniform_(w, 0, init::FanMode(7)),
+                    Catch::Contains("kaiming_uniform_: unknown mode 7 (not a FanMode value)"));
+  CHECK_THROWS_WITH(init::kaiming_normal_(w, 0, init::FanMode(-2)),
+                    Catch::Contains("kaiming_normal_: unknown mode -2 (not a FanMode value)"));
+  CHECK_THROWS_WITH(init::xavier_uniform_(w, NAN), Catch::Contains("xavier_uniform_: gain must be finite, got nan"));
+  CHECK_THROWS_WITH(init::xavier_normal_(w, -INFINITY), Catch::Contains("xavier_normal_: gain must be finite, got -inf"));
+  CHECK_THROWS_WITH(init::calculate_gain(init::Nonlinearity::leaky_relu, NAN),
+                    Catch::Contains("calculate_gain: leaky_relu's negative slope must be finite, got nan"));
+  CHECK_THROWS_WITH(init::calculate_gain(init::Nonlinearity(9)),
+                    Catch::Contains("calculate_gain: unknown nonlinearity 9 (not a Nonlinearity value)"));
+  CHECK_THROWS_WITH(init::calculate_gain("gelu"), Catch::Contains("calculate_gain: unknown nonlinearity 'gelu'; accepted: linear"));
+  CHECK(w.to_vector() == std::vector<float>(12, 0.0f));
+  Tensor u;
+  CHECK_THROWS_WITH(init::uniform_(u), Catch::Contains("uniform_: called on an undefined tensor"));
+  CHECK_THROWS_WITH(init::normal_(u), Catch::Contains("normal_: called on an undefined tensor"));
+  CHECK_THROWS_WITH(init::zeros_(u), Catch::Contains("constant_: called on an undefined tensor"));
+  CHECK_THROWS_WITH(init::kaiming_uniform_(u), Catch::Contains("kaiming_uniform_: called on an undefined tensor"));
+  CHECK_THROWS_WITH(init::xavier_normal_(u), Catch::Contains("xavier_normal_: called on an undefined tensor"));
+  CHECK_THROWS_WITH(init::calculate_fan_in_and_fan_out(u), Catch::Contains("calculate_fan_in_and_fan_out: called on an undefined tensor"));
 }
 
 TEST_CASE("init: Conv2d, Linear and BatchNorm2d start as PyTorch's defaults") {

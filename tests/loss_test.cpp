@@ -147,6 +147,21 @@ TEST_CASE("loss: errors name the op, the index and the value") {
                     Contains("mse_loss: input (2, 3) and target (3, 2) must have the same shape"));
   CHECK_THROWS_WITH(CrossEntropyLoss(Reduction::sum, 2.0),
                     Contains("CrossEntropyLoss: label_smoothing must be in [0, 1], got 2"));
+  CHECK_THROWS_WITH(mse_loss(Tensor(), zeros({2})), Contains("mse_loss: input and target must be defined tensors"));
+  // Unknown enum values and the mean of an empty batch (0 / 0) fail instead of giving a number.
+  CHECK_THROWS_WITH(cross_entropy(z, tensor({0, 1}), Reduction(7)),
+                    Contains("cross_entropy: unknown reduction 7 (not a Reduction value)"));
+  CHECK_THROWS_WITH(nll_loss(z, tensor({0, 1}), Reduction(-1)), Contains("nll_loss: unknown reduction -1 (not a Reduction value)"));
+  CHECK_THROWS_WITH(mse_loss(z, z, Reduction(3)), Contains("mse_loss: unknown reduction 3 (not a Reduction value)"));
+  CHECK_THROWS_WITH(CrossEntropyLoss(Reduction(5)), Contains("CrossEntropyLoss: unknown reduction 5 (not a Reduction value)"));
+  CHECK_THROWS_WITH(cross_entropy(zeros({0, 10}), zeros({0})),
+                    Contains("cross_entropy: reduction mean over the empty input (0, 10) is undefined (use Reduction::sum or none)"));
+  CHECK_THROWS_WITH(nll_loss(zeros({0, 4}), zeros({0})), Contains("nll_loss: reduction mean over the empty input (0, 4) is undefined"));
+  CHECK_THROWS_WITH(mse_loss(zeros({2, 0}), zeros({2, 0})), Contains("mse_loss: reduction mean over the empty input (2, 0) is undefined"));
+  // Sum and none over an empty batch are well defined.
+  CHECK(cross_entropy(zeros({0, 10}), zeros({0}), Reduction::sum).item() == 0.0f);
+  CHECK(nll_loss(zeros({0, 10}), zeros({0}), Reduction::none).shape() == Shape{0});
+  CHECK(mse_loss(zeros({0}), zeros({0}), Reduction::sum).item() == 0.0f);
 }
 
 TEST_CASE("loss modules: call the functional forms and print like PyTorch") {

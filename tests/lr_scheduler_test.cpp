@@ -197,7 +197,7 @@ TEST_CASE("LR schedulers: load_state_dict refuses another scheduler's state") {
                     "StepLR: load_state_dict: the state is for 1 param groups, the optimizer has 2");
   bad = step.state_dict();
   bad.erase("last_epoch");
-  CHECK_THROWS_WITH(step.load_state_dict(bad), Contains("StepLR: load_state_dict: malformed state"));
+  CHECK_THROWS_WITH(step.load_state_dict(bad), Contains("StepLR: load_state_dict: malformed state ([json.exception"));
   auto a = std::make_shared<StepLR>(*opt, 3), b = std::make_shared<StepLR>(*opt, 5);
   SequentialLR seq(*opt, {a, b}, {4});
   json s = seq.state_dict();
@@ -256,7 +256,21 @@ TEST_CASE("LR schedulers: arguments are validated, naming the scheduler, argumen
   CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.pct_start = 1.5}), "OneCycleLR: pct_start 1.5 is outside [0, 1]");
   CHECK_THROWS_WITH(OneCycleLR(o, std::vector<double>{0.1}, 10), "OneCycleLR: got 1 max_lrs for 2 param groups");
   CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.div_factor = 0}),
-                    "OneCycleLR: div_factor 0 and final_div_factor 10000 must be > 0");
+                    "OneCycleLR: div_factor 0 and final_div_factor 10000 must be finite and > 0");
+  CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.final_div_factor = inf}),
+                    "OneCycleLR: div_factor 25 and final_div_factor inf must be finite and > 0");
+  CHECK_THROWS_WITH(OneCycleLR(o, nan, 10), "OneCycleLR: max_lr nan of param group 0 must be finite and >= 0");
+  CHECK_THROWS_WITH(OneCycleLR(o, std::vector<double>{0.1, -1}, 10),
+                    "OneCycleLR: max_lr -1 of param group 1 must be finite and >= 0");
+  CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.anneal_strategy = Anneal(7)}),
+                    "OneCycleLR: unknown anneal_strategy 7 (not an Anneal value)");
+  CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.base_momentum = nan}),
+                    "OneCycleLR: base_momentum nan and max_momentum 0.95 must be finite and >= 0");
+  CHECK_THROWS_WITH(OneCycleLR(o, 0.1, 10, {.pct_start = nan}), "OneCycleLR: pct_start nan is outside [0, 1]");
+  auto adam = two_groups(true);
+  CHECK_THROWS_WITH(OneCycleLR(*adam, 0.1, 10, {.max_momentum = 1.0}),
+                    "OneCycleLR: base_momentum 0.85 and max_momentum 1 must lie in [0, 1) to cycle Adam's beta1");
+  OneCycleLR sgd_momentum_above_one(o, 0.1, 10, {.max_momentum = 1.0});  // SGD's momentum may exceed 1
 
   auto a = std::make_shared<StepLR>(o, 3);
   auto b = std::make_shared<StepLR>(o, 5);
