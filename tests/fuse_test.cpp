@@ -140,8 +140,8 @@ TEST_CASE("fuse_conv_bn: errors") {
   BatchNorm2d train_bn(8);
   CHECK_THROWS_WITH(fuse_conv_bn(conv, train_bn),
                     Catch::Contains("fuse_conv_bn: BatchNorm2d(8, eps=1e-05, momentum=0.1, affine=True, "
-                                    "track_running_stats=True) is in training mode") &&
-                        Catch::Contains("call eval() first"));
+                                    "track_running_stats=True) is in training mode, where it normalises with batch "
+                                    "statistics; call eval() first"));
   BatchNorm2d wrong(4);
   wrong.eval();
   CHECK_THROWS_WITH(fuse_conv_bn(conv, wrong),
@@ -150,17 +150,19 @@ TEST_CASE("fuse_conv_bn: errors") {
                         Catch::Contains("has 4 features"));
   BatchNorm2d nhwc(BatchNorm2dOptions(8).layout(Layout::NHWC));
   nhwc.eval();
-  CHECK_THROWS_WITH(fuse_conv_bn(conv, nhwc), Catch::Contains("uses the NHWC layout but Conv2d(3, 8,") &&
-                                                  Catch::Contains("outputs NCHW"));
+  CHECK_THROWS_WITH(fuse_conv_bn(conv, nhwc), Catch::Contains(") uses the NHWC layout but Conv2d(3, 8, kernel_size=(3, 3), "
+                                                                "stride=(1, 1)) outputs NCHW"));
   BatchNorm2d untracked(BatchNorm2dOptions(8).track_running_stats(false));
   untracked.eval();
   CHECK_THROWS_WITH(fuse_conv_bn(conv, untracked),
-                    Catch::Contains("has no running statistics (track_running_stats=false)"));
+                    Catch::Contains("track_running_stats=False) has no running statistics (track_running_stats=false), so "
+                                    "it always normalises with batch statistics and cannot be folded"));
 
   BatchNorm2d lazy(0);
   lazy.eval();
   CHECK_THROWS_WITH(fuse_conv_bn(conv, lazy), Catch::Contains("fuse_conv_bn: BatchNorm2d(lazy,") &&
-                                                  Catch::Contains("is lazy and has not seen an input yet"));
+                                                  Catch::Contains(") is lazy and has not seen an input yet, so it has no "
+                                                                  "statistics to fold"));
 
   auto model = cifar_small();  // still in training mode
   CHECK_THROWS_WITH(fuse_conv_bn_eval(*model),

@@ -372,6 +372,12 @@ TEST_CASE("optim: load_state_dict refuses a state that does not fit, naming what
     CHECK_THROWS_WITH(fewer.load_state_dict(good), Contains("the state has steps for 3 parameters, this optimizer has 2"));
   }
   StateDict sd = good;
+  sd.meta = json::array({1, 2});
+  refuses(sd, "Adam: load_state_dict: meta must be an object with optimizer, param_groups and steps");
+  sd = good;
+  sd.meta.erase("steps");
+  refuses(sd, "Adam: load_state_dict: meta must be an object with optimizer, param_groups and steps");
+  sd = good;
   sd.meta["param_groups"][0]["params"] = json::array({0, 1});
   sd.meta["steps"] = json::array({2, 2, 2});
   refuses(sd, "param group 0 of the state has 2 parameters, this optimizer's has 3");
@@ -519,5 +525,6 @@ TEST_CASE("optim: the parameters are checked in the constructor") {
     wt = w.t();
   }
   CHECK_THROWS_WITH(SGD({wt}, 0.1), Contains("SGD: parameter 0 of shape (2, 3) (strides (1, 2)) is not contiguous"));
-  CHECK_THROWS_WITH(SGD({a * 2.0f}, 0.1), Contains("SGD: parameter 0 of shape (2, 3) is not a leaf tensor"));
+  CHECK_THROWS_WITH(SGD({a * 2.0f}, 0.1), Contains("SGD: parameter 0 of shape (2, 3) is not a leaf tensor (it was computed by "
+                                                   "mul); optimize the tensors you created"));
 }
