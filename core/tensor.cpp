@@ -2,6 +2,7 @@
 // Views and their backward are in views.cpp; math ops in ops.cpp.
 #include "tensor.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <numeric>
@@ -163,9 +164,17 @@ void Tensor::backward(const Tensor& grad_output, bool retain_graph) const {
 
 // ---------------------------------------------------------------- creation
 
+constexpr int64_t kMaxNumel = int64_t(1) << 60;  // 4 EiB of float32: no allocation can be larger
+
 Tensor empty(const Shape& shape) {
   for (int64_t s : shape)
     if (s < 0) fail("empty: negative size in shape {}", shape);
+  // The element count must not overflow (a wrapped count would allocate too little).
+  int64_t n = 1;
+  const bool zero = std::find(shape.begin(), shape.end(), 0) != shape.end();
+  for (int64_t s : shape)
+    if (!zero && (__builtin_mul_overflow(n, s, &n) || n > kMaxNumel))
+      fail("empty: shape {} has more than 2^60 elements", shape);
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<Storage>(shape.numel());
   impl->shape = shape;
@@ -189,6 +198,9 @@ Tensor arange(float start, float end, float step) {
   if (step == 0 || !std::isfinite(start) || !std::isfinite(end) || !std::isfinite(step))
     fail("arange: start {}, end {} and step {} must be finite with a non-zero step", start, end, step);
   double n = std::ceil((double(end) - start) / step);
+  if (n > double(kMaxNumel))
+    fail("arange: start {}, end {} and step {} give {} elements, more than the 2^60 a tensor can hold", start, end,
+         step, n);
   Tensor t = empty({int64_t(std::max(n, 0.0))});
   for (int64_t i = 0; i < t.numel(); ++i) t.data_ptr()[i] = float(start + double(i) * step);
   return t;

@@ -60,6 +60,13 @@ TEST_CASE("errors: creation and the random generator") {
   CHECK_THROWS_WITH(set_num_threads(0), Contains("set_num_threads: need at least 1 thread, got 0"));
   // 2^60 floats: no system has 4 EiB to give.
   CHECK_THROWS_WITH(empty({int64_t(1) << 60}), Contains("allocator: out of memory allocating 4611686018427387904 bytes"));
+  // Element counts that overflow are refused before anything is allocated.
+  CHECK_THROWS_WITH(zeros({int64_t(1) << 32, int64_t(1) << 32}),
+                    Contains("empty: shape (4294967296, 4294967296) has more than 2^60 elements"));
+  CHECK_THROWS_WITH(empty({2, int64_t(1) << 60}), Contains("empty: shape (2, 1152921504606846976) has more than 2^60 elements"));
+  CHECK(zeros({int64_t(1) << 40, int64_t(1) << 20, 0}).numel() == 0);  // an empty shape is not too large
+  CHECK_THROWS_WITH(arange(0, 1e30f), Contains("arange: start 0, end 1e+30 and step 1 give 1.0000000150474662e+30 elements, "
+                                                "more than the 2^60 a tensor can hold"));
 }
 
 TEST_CASE("errors: views") {
