@@ -9,6 +9,10 @@ namespace norma {
 
 namespace {
 thread_local bool g_grad_mode = true;
+// The node whose backward closure is running, and the gradient it received:
+// what anomaly detection names when a gradient is not finite.
+thread_local const Node* g_running = nullptr;
+thread_local const Tensor* g_running_dout = nullptr;
 }
 bool grad_mode_enabled() { return g_grad_mode; }
 void set_grad_mode(bool enabled) { g_grad_mode = enabled; }
@@ -57,6 +61,9 @@ bool needs_grad(std::initializer_list<Tensor> inputs) { return needs_grad(std::v
 
 void record(Tensor& out, std::string name, std::vector<Tensor> inputs, BackwardFn backward,
             std::vector<Tensor> saved) {
+  // Inside a backward closure the gradient the closure hands to accumulate is
+  // checked instead, so the error names the node, not the op it computes with.
+  if (is_anomaly_enabled() && !g_running) detail::check_forward(out, name, inputs);
   if (!needs_grad(inputs)) return;
   auto node = std::make_shared<Node>();
   node->name = std::move(name);
@@ -86,6 +93,7 @@ void accumulate(const Tensor& input, const Tensor& g) {
   if (!g.defined() || g.shape() != input.shape())
     fail("autograd::accumulate: gradient of shape {} does not match input of shape {}",
          g.defined() ? shape_str(g.shape()) : "undefined", input.shape());
+  if (is_anomaly_enabled()) detail::check_backward(g, input, g_running, g_running_dout ? *g_running_dout : g);
   if (input.grad_fn()) {  // a non-leaf: summed on its node for the backward pass
     Tensor& ng = input.grad_fn()->grad;
     ng = ng.defined() ? add(ng, g) : g;
@@ -141,6 +149,7 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     fail("backward: gradient of shape {} does not match the output's shape {}", seed.shape(), root.shape());
   }
   NoGradGuard no_grad;
+  if (is_anomaly_enabled()) detail::check_backward(seed, root, nullptr, seed);
   if (root.is_leaf()) {
     accumulate(root, seed);
     return;
@@ -158,6 +167,10 @@ void backward(const Tensor& root, const Tensor& grad, bool retain_graph) {
     n->grad = Tensor();
     if (g.defined()) {
       NORMA_CHECK(g.shape() == n->output_shape);
+      struct Running {  // reset also when the closure throws
+        Running(const Node* n, const Tensor* g) { g_running = n, g_running_dout = g; }
+        ~Running() { g_running = nullptr, g_running_dout = nullptr; }
+      } running(n, &g);
       n->backward(g);
       if (auto out = n->output.lock(); out && out->retains_grad)
         out->grad = out->grad.defined() ? add(out->grad, g) : owned(g);

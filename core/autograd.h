@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "anomaly_mode.h"
 #include "tensor.h"
 
 namespace norma {
@@ -71,11 +72,13 @@ bool needs_grad(const std::vector<Tensor>& inputs);
 
 // Makes `out` a non-leaf that requires grad, with a node holding `inputs`,
 // `saved` and `backward`, when needs_grad(inputs); otherwise does nothing.
+// With anomaly detection on (anomaly_mode.h) `out` is first checked for NaN/Inf.
 void record(Tensor& out, std::string name, std::vector<Tensor> inputs, BackwardFn backward,
             std::vector<Tensor> saved = {});
 
 // Inside a backward closure: adds `g` to the gradient flowing into `input`.
 // No-op when `input` does not require grad. `g` must have input's shape.
+// With anomaly detection on `g` is first checked for NaN/Inf.
 void accumulate(const Tensor& input, const Tensor& g);
 
 // Runs backward from `root` seeded with `grad` (ones for a one-element root).
