@@ -25,6 +25,8 @@ namespace {
 // Fits y = sin(3x) on [-1, 1] with a 1-64-64-1 MLP and plain gradient descent,
 // printing the loss as it falls. Returns the final mean squared error.
 float run_demo(int steps, float lr, uint64_t seed) {
+  // CLI11's PositiveNumber lets NaN through (every comparison with NaN is false).
+  if (!(lr > 0) || !std::isfinite(lr)) fail("--lr: must be a positive finite number, got {}", lr);
   manual_seed(seed);
   Tensor x = arange(-1.0f, 1.0f, 2.0f / 256).reshape({256, 1});
   std::vector<float> ys;
