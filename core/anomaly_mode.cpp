@@ -27,6 +27,11 @@ Scan scan(const Tensor& t) {
   Scan s;
   if (!t.defined() || t.numel() == 0) return s;
   const float* p = t.data_ptr();
+  if (t.is_contiguous()) {  // the common case, a plain loop
+    for (int64_t i = 0, n = t.numel(); i < n; ++i)
+      if (!std::isfinite(p[i]) && s.count++ == 0) s.first = i, s.value = p[i];
+    return s;
+  }
   const Shape& shape = t.shape();
   const Shape& strides = t.strides();
   const size_t D = shape.size();
