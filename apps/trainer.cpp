@@ -1,9 +1,11 @@
 // The training loop: data, model, optimizer, schedule, checkpoints, metrics.
 #include "trainer.h"
 
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -11,7 +13,9 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include <norma/core/atomic_file.h>
@@ -30,6 +34,18 @@ namespace {
 
 std::atomic<int> g_signal{0};
 extern "C" void on_signal(int sig) { g_signal = sig; }
+
+// A signal's handler for the run, put back when train() returns or throws.
+struct ScopedSignal {
+  ScopedSignal(int sig, void (*handler)(int)) : sig_(sig), old_(std::signal(sig, handler)) {}
+  ~ScopedSignal() { std::signal(sig_, old_); }
+  ScopedSignal(const ScopedSignal&) = delete;
+  ScopedSignal& operator=(const ScopedSignal&) = delete;
+
+ private:
+  int sig_;
+  void (*old_)(int);
+};
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -111,6 +127,60 @@ void check_writable(const char* flag, const std::string& path) {
   if (!f) fail("{}: cannot write '{}': {}", flag, path, std::strerror(errno));
   std::fclose(f);
   std::remove(probe.c_str());
+}
+
+// The size of a checkpoint of `model` trained by `c`'s optimizer: the model's
+// state, the optimizer's buffers (a momentum per parameter for SGD, two for
+// Adam), and room for the header and the 8-byte batch counters.
+int64_t checkpoint_bytes(const nn::Module& model, const TrainConfig& c) {
+  int64_t state = 0, params = 0;
+  for (const auto& [name, t] : model.state_dict()) state += t.numel() * 4;
+  for (const Tensor& p : model.parameters()) params += p.numel() * 4;
+  const int buffers = c.optimizer == "sgd" ? (c.momentum > 0 ? 1 : 0) : 2;
+  return state + buffers * params + (1 << 16);
+}
+
+// Fails now, before any training, if checkpoints of `bytes` cannot be written
+// beside `path` (a full disk, a quota, a file size limit), rather than after
+// the first epoch. Rewriting one needs room for two (the old file and the
+// temporary), less what a file already at `path` holds; that room is reserved
+// in probe files of at most `bytes` each, which are then removed. A disk that
+// fills during the run is the checkpoint write's own error.
+void check_room(const char* flag, const std::string& path, int64_t bytes) {
+  if (path.empty()) return;
+  std::error_code ec;
+  const auto existing = std::filesystem::file_size(path, ec);
+  const int64_t need = std::max(bytes, 2 * bytes - (ec ? 0 : static_cast<int64_t>(existing)));
+  std::vector<std::string> probes;
+  int err = 0;
+  for (int64_t left = need; left > 0 && err == 0; left -= bytes) {
+    probes.push_back(fmt::format("{}.probe.{}.{}", path, ::getpid(), probes.size()));
+    const int fd = ::open(probes.back().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+      err = errno;
+      break;
+    }
+    err = ::posix_fallocate(fd, 0, std::min(left, bytes));  // returns the error, does not set errno
+    ::close(fd);
+  }
+  for (const std::string& p : probes) std::remove(p.c_str());
+  if (err != 0)
+    fail("{}: cannot write '{}': reserving {} bytes for its checkpoints (two of {} bytes while one is rewritten{}) "
+         "failed: {}", flag, path, need, bytes,
+         ec ? "" : fmt::format(", less the {} bytes of the file already there", existing), std::strerror(err));
+}
+
+// "'3.weight' of shape (16) holds 16 non-finite values" for the first tensor
+// of the model's or the optimizer's state that holds NaN or Inf; "" if none does.
+std::string nonfinite_state(const nn::Module& model, const optim::Optimizer& opt) {
+  NamedTensors all = model.state_dict();
+  for (auto& [name, t] : opt.state_dict().tensors) all.emplace_back("optimizer/" + name, t);
+  for (const auto& [name, t] : all) {
+    const std::vector<float> v = t.to_vector();
+    const auto bad = std::count_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
+    if (bad > 0) return fmt::format("'{}' of shape {} holds {} non-finite value{}", name, t.shape(), bad, bad == 1 ? "" : "s");
+  }
+  return "";
 }
 
 
@@ -219,6 +289,11 @@ TrainResult train(const TrainConfig& c) {
   const int world = c.process_group ? c.process_group->size() : 1;
   const bool lead = rank == 0;  // only rank 0 writes files and prints
   if (c.threads > 0) set_num_threads(c.threads);
+  // Under a file size limit (ulimit -f) a write past it then fails with EFBIG,
+  // an error naming the file, instead of SIGXFSZ killing the process.
+  ScopedSignal xfsz(SIGXFSZ, SIG_IGN);
+  std::optional<autograd::DetectAnomalyGuard> anomaly;
+  if (c.detect_anomaly) anomaly.emplace();
   if (lead) {
     check_writable("--checkpoint", c.checkpoint);
     check_writable("--metrics", c.metrics);
@@ -252,6 +327,7 @@ TrainResult train(const TrainConfig& c) {
   const int64_t total_steps = steps_per_epoch * c.epochs;
   const int64_t warmup_steps = static_cast<int64_t>(c.warmup * steps_per_epoch);
   auto sched = make_schedule(c, *opt, total_steps, warmup_steps);
+  if (lead) check_room("--checkpoint", c.checkpoint, checkpoint_bytes(*model, c));
 
   // What a checkpoint must agree on to be resumed by this run. The global batch,
   // not batch size and world size apart: K ranks x B take the same images per
@@ -286,6 +362,15 @@ TrainResult train(const TrainConfig& c) {
                  step_in_epoch);
   }
 
+  // What the checkpoint file holds, for an error that stops the run.
+  int64_t saved_step = -1;  // the global step of the last checkpoint this run wrote
+  const bool had_checkpoint = !c.checkpoint.empty() && std::filesystem::exists(c.checkpoint);
+  auto checkpoint_note = [&]() -> std::string {
+    if (c.checkpoint.empty()) return "no --checkpoint was given";
+    if (saved_step >= 0) return fmt::format("'{}' still holds the run at global step {}", c.checkpoint, saved_step);
+    if (had_checkpoint) return fmt::format("'{}' is unchanged (this run had not written it yet)", c.checkpoint);
+    return fmt::format("no checkpoint had been written to '{}' yet", c.checkpoint);
+  };
   nn::BnStatsRecorder bn_stats;
   auto save = [&](int64_t at_epoch, int64_t in_epoch) {  // called by every rank
     if (c.checkpoint.empty()) return;
@@ -293,9 +378,21 @@ TrainResult train(const TrainConfig& c) {
     double sums[3] = {epoch_loss, static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)};
     if (c.process_group) c.process_group->allreduce_sum(sums, 3);
     if (!lead) return;
+    // A last step that made the weights infinite leaves a finite loss behind; saving them would overwrite the
+    // last good checkpoint with one that cannot train.
+    if (const std::string bad = nonfinite_state(*model, *opt); !bad.empty())
+      fail("train: after global step {} (epoch {}) the state is not finite: {}; it was not saved, so {}; lower --lr "
+           "(--detect-anomaly names the first op that produces a non-finite value)", step, epoch + 1, bad,
+           checkpoint_note());
     json extra = {{"run", run}, {"step_in_epoch", in_epoch}, {"epoch_loss", sums[0]},
                   {"epoch_correct", int64_t(sums[1])}, {"epoch_seen", int64_t(sums[2])}};
-    nn::save_checkpoint(c.checkpoint, *model, opt.get(), sched.get(), {at_epoch, step, extra});
+    try {
+      nn::save_checkpoint(c.checkpoint, *model, opt.get(), sched.get(), {at_epoch, step, extra});
+    } catch (const Error& e) {
+      fail("train: the checkpoint at global step {} (epoch {}) could not be written, so the run stops; {}: {}", step,
+           epoch + 1, checkpoint_note(), e.what());
+    }
+    saved_step = step;
   };
   auto write_metrics = [&] {
     if (!lead || c.metrics.empty()) return;
@@ -305,12 +402,7 @@ TrainResult train(const TrainConfig& c) {
   };
 
   g_signal = 0;
-  auto old_int = std::signal(SIGINT, on_signal);
-  auto old_term = std::signal(SIGTERM, on_signal);
-  struct Restore {
-    decltype(old_int) i, t;
-    ~Restore() { std::signal(SIGINT, i); std::signal(SIGTERM, t); }
-  } restore{old_int, old_term};
+  ScopedSignal sigint(SIGINT, on_signal), sigterm(SIGTERM, on_signal);
 
   TrainResult result;
   double train_seconds = 0;
@@ -327,15 +419,26 @@ TrainResult train(const TrainConfig& c) {
     progress.start_epoch(epoch + 1, c.epochs, steps_per_epoch, step_in_epoch);
     while (auto b = loader.next()) {
       const auto t_step = Clock::now();
-      Tensor logits = model->forward(b->images);
-      Tensor loss = nn::cross_entropy(logits, b->targets, nn::Reduction::mean, c.label_smoothing);
-      const float loss_value = loss.item();
+      Tensor logits, loss;
+      float loss_value = 0;
+      try {  // with --detect-anomaly, the first op to produce NaN/Inf (forward or backward) throws in here
+        logits = model->forward(b->images);
+        loss = nn::cross_entropy(logits, b->targets, nn::Reduction::mean, c.label_smoothing);
+        loss_value = loss.item();
+        if (std::isfinite(loss_value)) {
+          opt->zero_grad();
+          loss.backward();
+        }
+      } catch (const Error& e) {
+        if (!c.detect_anomaly) throw;
+        fail("train: a non-finite value at epoch {} step {} (global step {}): {}; lower --lr or check the data; {}",
+             epoch + 1, step_in_epoch + 1, step + 1, e.what(), checkpoint_note());
+      }
       if (!std::isfinite(loss_value))
-        fail("train: the loss became {} at epoch {} step {} (global step {}); lower --lr or check the data; the last "
-             "checkpoint{} is unchanged", loss_value, epoch + 1, step_in_epoch + 1, step + 1,
-             c.checkpoint.empty() ? "" : " '" + c.checkpoint + "'");
-      opt->zero_grad();
-      loss.backward();
+        fail("train: the loss became {} at epoch {} step {} (global step {}); lower --lr or check the data "
+             "(--detect-anomaly names the first op that produces a non-finite value); {}",
+             std::isnan(loss_value) ? "nan" : fmt::format("{}", loss_value), epoch + 1,
+             step_in_epoch + 1, step + 1, checkpoint_note());
       if (c.process_group) dist::allreduce_gradients(*model, *c.process_group);
       const double lr = opt->param_groups()[0].lr.value_or(c.lr);
       opt->step();
@@ -379,7 +482,14 @@ TrainResult train(const TrainConfig& c) {
       break;
     }
     train_seconds += epoch_compute;
-    const EvalResult test = evaluate(*model, test_set, 500, c.process_group.get());
+    EvalResult test;
+    try {
+      test = evaluate(*model, test_set, 500, c.process_group.get());
+    } catch (const Error& e) {
+      if (!c.detect_anomaly) throw;
+      fail("train: a non-finite value evaluating after epoch {} (global step {}): {}; lower --lr; {}", epoch + 1, step,
+           e.what(), checkpoint_note());
+    }
     double sums[3] = {epoch_loss, static_cast<double>(epoch_correct), static_cast<double>(epoch_seen)};
     if (c.process_group) c.process_group->allreduce_sum(sums, 3);  // the whole global batch's figures
     result.train_loss = sums[0] / sums[2];

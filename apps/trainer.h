@@ -3,6 +3,15 @@
 // training set; the schedule steps once per batch; a checkpoint is written after
 // every epoch (and on SIGINT/SIGTERM after the current step) so --resume
 // continues exactly where it stopped.
+//
+// A run stops with norma::Error, and the checkpoint file keeps the last good
+// state, when the loss becomes NaN/Inf (the error names the step, and with
+// detect_anomaly the first op that produced a non-finite value), when the
+// weights are not finite at the end of an epoch (they are not saved), and when
+// a checkpoint cannot be written (a full disk: the write's error, after which
+// the file still holds the previous checkpoint). Before training, each output
+// path is checked for writability and room for the checkpoints is reserved once
+// (posix_fallocate), so a full disk or a file size limit is found up front.
 #pragma once
 #include <functional>
 #include <memory>
@@ -46,6 +55,7 @@ struct TrainConfig {
   int64_t bn_stats_every = 50;      // steps between BatchNorm diagnostics rows
   std::string plot;                 // PNG of the curves (gnuplot)
   bool json = false;                // one-line JSON summary as the last line of stdout
+  bool detect_anomaly = false;      // autograd::DetectAnomalyGuard for the run: a NaN/Inf stops it naming the op
   bool quiet = false;               // no progress output
   std::shared_ptr<dist::ProcessGroup> process_group;  // data-parallel training; null = one process
   bool sync_bn = true;              // with a process group: BatchNorm statistics over the global batch

@@ -1,8 +1,6 @@
 #include "safetensors.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -10,11 +8,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <system_error>
+
+#include "atomic_file.h"
 
 namespace norma {
 
@@ -36,17 +35,6 @@ uint64_t dtype_size(const std::string& d) {
 }
 
 bool stored_as_i64(const std::string& name) { return name.ends_with("num_batches_tracked"); }
-
-// The temporary file of an atomic write: closed and removed unless committed.
-struct TempFile {
-  std::string path;
-  FILE* f = nullptr;
-  bool committed = false;
-  ~TempFile() {
-    if (f) std::fclose(f);
-    if (!committed) std::remove(path.c_str());
-  }
-};
 
 struct FileCloser {
   void operator()(FILE* f) const { std::fclose(f); }
@@ -101,46 +89,20 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   text.append((8 - text.size() % 8) % 8, ' ');
   uint64_t n = text.size();
 
-  TempFile tmp{fmt::format("{}.tmp.{}", path, getpid())};
-  auto io_fail = [&](const char* what) {
-    int err = errno;
-    fail("save_safetensors: cannot write '{}': {} '{}' failed: {}", path, what, tmp.path, errno_text(err));
-  };
-  tmp.f = std::fopen(tmp.path.c_str(), "wb");
-  if (!tmp.f) io_fail("creating");
-  auto put = [&](const void* p, size_t bytes) {
-    if (bytes && std::fwrite(p, 1, bytes, tmp.f) != bytes) io_fail("writing");
-  };
-  put(&n, 8);
-  put(text.data(), text.size());
+  AtomicFile out(path, "save_safetensors");
+  out.write(&n, 8);
+  out.write(text.data(), text.size());
   std::vector<int64_t> ints;
   for (const Entry& e : entries) {
     if (!e.i64) {
-      put(e.t.data_ptr(), size_t(e.t.numel()) * 4);
+      out.write(e.t.data_ptr(), size_t(e.t.numel()) * 4);
       continue;
     }
     ints.clear();
     for (float v : e.t.to_vector()) ints.push_back(int64_t(v));
-    put(ints.data(), ints.size() * 8);
+    out.write(ints.data(), ints.size() * 8);
   }
-  if (std::fflush(tmp.f) != 0) io_fail("flushing");
-  if (fsync(fileno(tmp.f)) != 0) io_fail("syncing");
-  int closed = std::fclose(tmp.f);
-  tmp.f = nullptr;
-  if (closed != 0) io_fail("closing");
-  if (std::rename(tmp.path.c_str(), path.c_str()) != 0) io_fail("renaming");
-  tmp.committed = true;
-
-  // The rename is durable once the directory entry is.
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  std::string dir = parent.empty() ? std::string(".") : parent.string();
-  int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  if (fd < 0 || (fsync(fd) != 0 && errno != EINVAL)) {
-    int err = errno;
-    if (fd >= 0) close(fd);
-    fail("save_safetensors: '{}' was written, but syncing its directory '{}' failed: {}", path, dir, errno_text(err));
-  }
-  close(fd);
+  out.commit();
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {

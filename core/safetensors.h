@@ -24,10 +24,12 @@ struct SafetensorsFile {
 // F32 except those whose name ends with "num_batches_tracked", stored as I64
 // like PyTorch's (their values must be whole numbers). Entries are ordered as
 // the Rust writer orders them: wider dtypes first, then by name.
-// The write is atomic: a temporary file beside `path` (path + ".tmp.<pid>") is
-// written, flushed and fsynced, renamed over `path`, and the directory fsynced.
-// On failure the temporary is removed, an existing file at `path` is left as it
-// was, and norma::Error names the path and the system's reason.
+// The write is atomic (core/atomic_file.h): a temporary file beside `path`
+// (path + ".tmp.<pid>") is written, flushed and fsynced, renamed over `path`,
+// and the directory fsynced. On failure the temporary is removed, an existing
+// file at `path` is left as it was, and norma::Error names the path and the
+// system's reason. A writer killed mid-save leaves `path` as it was; the
+// temporary it leaves is removed by the next save to `path`.
 void save_safetensors(const std::string& path, const NamedTensors& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 

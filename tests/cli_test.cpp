@@ -320,3 +320,87 @@ TEST_CASE("cli: mpirun -np 2 norma train --distributed learns, and its checkpoin
   CHECK(two.last_json()["test_acc"].get<double>() > 0.5);
   fs::remove_all(w);
 }
+
+TEST_CASE("cli: --detect-anomaly names the op that diverged (lr 1e30) and the checkpoint already there stays loadable") {
+  const fs::path w = workdir("anomaly", 4, 20);  // 20 training images: 5 steps of 4
+  const std::string ck = (w / "ck.safetensors").string();
+  const std::string base = fmt::format("train --data {}/data --epochs 1 --batch-size 4 --schedule constant --threads 1 "
+                                       "--quiet --checkpoint {}", w.string(), ck);
+  REQUIRE(norma_cli(w, base + " --lr 0.02").code == 0);
+  const std::string good = slurp(ck);
+  const Run r = norma_cli(w, base + " --lr 1e30 --detect-anomaly");
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("norma: error: train: a non-finite value at epoch 1 step ") != std::string::npos);
+  CHECK(r.err.find(": detect_anomaly: '") != std::string::npos);  // the op, by name
+  CHECK(r.err.find(" produced an output of shape ") != std::string::npos);
+  CHECK(r.err.find("'" + ck + "' is unchanged (this run had not written it yet)") != std::string::npos);
+  CHECK(slurp(ck) == good);
+  CHECK(norma_cli(w, fmt::format("eval --data {}/data --checkpoint {} --limit 20", w.string(), ck)).code == 0);
+  // Without the flag the same run stops at the non-finite loss, naming the step and the flag.
+  const Run plain = norma_cli(w, base + " --lr 1e30");
+  CHECK(plain.code == 1);
+  CHECK(plain.err.find("train: the loss became ") != std::string::npos);
+  CHECK(plain.err.find("(--detect-anomaly names the first op that produces a non-finite value)") != std::string::npos);
+  CHECK(slurp(ck) == good);
+  // The message says what is on disk: no checkpoint yet, or no --checkpoint at all.
+  const std::string fresh = (w / "fresh.safetensors").string();
+  const Run no_file = norma_cli(w, fmt::format("train --data {}/data --epochs 1 --batch-size 4 --schedule constant "
+                                               "--threads 1 --quiet --lr 1e30 --checkpoint {}", w.string(), fresh));
+  CHECK(no_file.err.find("no checkpoint had been written to '" + fresh + "' yet") != std::string::npos);
+  CHECK_FALSE(fs::exists(fresh));
+  const Run no_flag = norma_cli(w, fmt::format("train --data {}/data --epochs 1 --batch-size 4 --schedule constant "
+                                               "--threads 1 --quiet --lr 1e30", w.string()));
+  CHECK(no_flag.err.find("; no --checkpoint was given") != std::string::npos);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: weights made infinite by the last step of an epoch are not saved over the last good checkpoint") {
+  // lr 1e300 is inf in float: one step makes the weights inf/nan, yet that
+  // step's loss was finite. With one step per epoch the next thing is the save.
+  const fs::path w = workdir("inf_weights", 4, 20);
+  const std::string ck = (w / "ck.safetensors").string();
+  const std::string base = fmt::format("train --data {}/data --epochs 2 --limit 4 --batch-size 4 --schedule constant "
+                                       "--test-limit 20 --threads 1 --quiet --checkpoint {}", w.string(), ck);
+  REQUIRE(norma_cli(w, base + " --lr 0.02").code == 0);
+  const std::string good = slurp(ck);
+  const Run r = norma_cli(w, base + " --lr 1e300");
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("train: after global step 1 (epoch 1) the state is not finite: '") != std::string::npos);
+  CHECK(r.err.find("non-finite value") != std::string::npos);
+  CHECK(r.err.find("it was not saved, so '" + ck + "' is unchanged") != std::string::npos);
+  CHECK(slurp(ck) == good);
+  // With --detect-anomaly the evaluation after the epoch names the op that met the infinite weights.
+  const Run a = norma_cli(w, base + " --lr 1e300 --detect-anomaly");
+  INFO(a.err);
+  CHECK(a.code == 1);
+  CHECK(a.err.find("train: a non-finite value evaluating after epoch 1 (global step 1): detect_anomaly: 'conv2d' "
+                   "produced an output of shape (20, 32, 32, 32)") != std::string::npos);
+  CHECK(a.err.find("its input 1 of shape (32, 3, 3, 3) already held 864 non-finite values") != std::string::npos);
+  CHECK(slurp(ck) == good);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: a disk too full for the checkpoints is found before training (a 512 KiB tmpfs)") {
+  // A real ENOSPC: a small tmpfs mounted in a private mount namespace
+  // (unshare -rm: no root needed where user namespaces are enabled).
+  const fs::path w = workdir("enospc", 4, 20);
+  fs::create_directories(w / "disk");
+  if (std::system(fmt::format("unshare -rm sh -c 'mount -t tmpfs -o size=512k tmpfs {}' 2>/dev/null",
+                              (w / "disk").string()).c_str()) != 0) {
+    WARN("skipped: unshare -rm cannot mount a tmpfs here");
+    fs::remove_all(w);
+    return;
+  }
+  const std::string ck = (w / "disk" / "ck.safetensors").string();
+  const Run r = norma_cli(w, fmt::format("train --data {}/data --epochs 1 --batch-size 4 --threads 1 --quiet "
+                                         "--checkpoint {}", w.string(), ck),
+                          fmt::format("unshare -rm sh -c 'mount -t tmpfs -o size=512k tmpfs {} && exec \"$0\" \"$@\"' ",
+                                      (w / "disk").string()));
+  INFO(r.err);
+  CHECK(r.code == 1);
+  CHECK(r.err.find("--checkpoint: cannot write '" + ck + "': reserving ") != std::string::npos);
+  CHECK(r.err.find("failed: No space left on device") != std::string::npos);
+  fs::remove_all(w);
+}
