@@ -14,9 +14,11 @@
 
 namespace norma {
 
-int64_t Shape::numel() const {
+int64_t Shape::numel(const char* op) const {
+  if (std::find(begin(), end(), 0) != end()) return 0;  // whatever the other sizes
   int64_t n = 1;
-  for (int64_t s : *this) n *= s;
+  for (int64_t s : *this)
+    if (__builtin_mul_overflow(n, s, &n)) fail("{}: shape {} has more than 2^63 - 1 elements", op, *this);
   return n;
 }
 
@@ -36,7 +38,10 @@ Shape contiguous_strides(const Shape& shape) {
   int64_t s = 1;
   for (size_t i = shape.size(); i-- > 0;) {
     st[i] = s;
-    s *= std::max<int64_t>(shape[i], 1);
+    // The next dim's stride. A shape with a 0 has no elements but still has
+    // strides: (0, 2^32, 2^32) needs 2^64, which int64 cannot hold.
+    if (i > 0 && __builtin_mul_overflow(s, std::max<int64_t>(shape[i], 1), &s))
+      fail("shape {} is too large: its row-major strides overflow int64", shape);
   }
   return st;
 }
@@ -92,6 +97,7 @@ const std::shared_ptr<Storage>& Tensor::storage() const {
 }
 bool Tensor::is_contiguous() const {
   check_defined("is_contiguous");
+  if (numel() == 0) return true;  // nothing to lay out (PyTorch's rule; a 0 size breaks the stride chain)
   int64_t expected = 1;
   for (size_t i = impl_->shape.size(); i-- > 0;) {
     if (impl_->shape[i] == 1) continue;

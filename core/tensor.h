@@ -22,7 +22,9 @@ struct Shape : std::vector<int64_t> {
   using std::vector<int64_t>::vector;
   Shape() = default;
   Shape(const std::vector<int64_t>& v) : std::vector<int64_t>(v) {}
-  int64_t numel() const;
+  // The product of the sizes (0 when any is 0). Fails, naming `op`, when it
+  // does not fit in int64 (sizes come from users and from files).
+  int64_t numel(const char* op = "numel") const;
 };
 
 // Contiguous float32 memory from the caching allocator. `version` counts

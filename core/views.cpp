@@ -48,23 +48,24 @@ Tensor make_view(const Tensor& base, Shape shape, Shape strides, int64_t offset)
 
 // Replaces one -1 in `shape` so that it holds `numel` elements.
 Shape infer_shape(Shape shape, int64_t numel, const Shape& from, const char* op) {
-  int64_t known = 1, infer = -1;
+  int64_t infer = -1;
   for (size_t i = 0; i < shape.size(); ++i) {
     if (shape[i] == -1) {
       if (infer >= 0) fail("{}: only one dim can be -1 in {}", op, shape);
       infer = int64_t(i);
     } else if (shape[i] < 0) {
       fail("{}: invalid size {} in {}", op, shape[i], shape);
-    } else {
-      known *= shape[i];
     }
   }
   if (infer >= 0) {
+    Shape rest = shape;
+    rest[size_t(infer)] = 1;
+    const int64_t known = rest.numel(op);
     if (known == 0 || numel % known != 0)
       fail("{}: shape {} is invalid for input of shape {} ({} elements)", op, shape, from, numel);
     shape[infer] = numel / known;
   }
-  if (shape.numel() != numel)
+  if (shape.numel(op) != numel)
     fail("{}: shape {} is invalid for input of shape {} ({} elements)", op, shape, from, numel);
   return shape;
 }

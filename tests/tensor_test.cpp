@@ -170,6 +170,23 @@ TEST_CASE("tensor: contiguous returns itself when contiguous, else a row-major c
   CHECK(x.select(1, 0).unsqueeze(1).contiguous().shape() == Shape{2, 1});
   CHECK(x.narrow(0, 1, 1).is_contiguous());
   CHECK_FALSE(x.narrow(1, 0, 2).is_contiguous());
+  // A tensor with no elements is contiguous, as in PyTorch (found by tests/fuzz/safetensors_fuzz).
+  Tensor e = empty({2, 0, 3});
+  CHECK(e.is_contiguous());
+  CHECK(e.contiguous().is_same(e));
+}
+
+TEST_CASE("tensor: element counts and strides that overflow int64 are errors") {
+  // A safetensors header may declare any shape with a 0 in it: counts and strides must not wrap.
+  const int64_t big = int64_t(1) << 32;
+  Tensor e = empty({big, big, 0});  // no elements, strides (2^32, 1, 1)
+  CHECK(e.numel() == 0);
+  CHECK(e.strides() == Shape{big, 1, 1});
+  test::check_error([&] { empty({0, big, big}); }, {"shape (0, 4294967296, 4294967296)", "strides overflow int64"});
+  test::check_error([&] { Shape{big, big}.numel(); },
+                    {"numel: shape (4294967296, 4294967296) has more than 2^63 - 1 elements"});
+  test::check_error([&] { zeros({4}).view({big, big}); },
+                    {"view: shape (4294967296, 4294967296) has more than 2^63 - 1 elements"});
 }
 
 // ---------------------------------------------------------------- broadcasting
