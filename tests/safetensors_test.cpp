@@ -54,7 +54,7 @@ std::string st_file(std::string header, const std::string& buffer) {
 std::vector<uint32_t> bits(const Tensor& t) {
   std::vector<float> v = t.to_vector();
   std::vector<uint32_t> out(v.size());
-  std::memcpy(out.data(), v.data(), v.size() * 4);
+  if (!v.empty()) std::memcpy(out.data(), v.data(), v.size() * 4);  // an empty vector's data() may be null
   return out;
 }
 
