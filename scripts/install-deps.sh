@@ -8,7 +8,10 @@
 set -euo pipefail
 
 packages=(build-essential cmake g++ libopenblas-dev libfmt-dev catch2 libcli11-dev
-          nlohmann-json3-dev libopenmpi-dev openmpi-bin gnuplot-nox)
+          nlohmann-json3-dev libopenmpi-dev openmpi-bin gnuplot-nox
+          # CI's sanitizer stage (scripts/ci-sanitizers.sh): clang, its sanitizer and
+          # libFuzzer runtimes, LLVM's OpenMP (clang's -fopenmp), llvm-symbolizer for reports.
+          clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
 for arg in "$@"; do
   case "$arg" in
     --dev) packages+=(python3-torch python3-numpy) ;;
