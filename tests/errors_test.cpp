@@ -65,6 +65,10 @@ TEST_CASE("errors: creation and the random generator") {
                     Contains("empty: shape (4294967296, 4294967296) has more than 2^60 elements"));
   CHECK_THROWS_WITH(empty({2, int64_t(1) << 60}), Contains("empty: shape (2, 1152921504606846976) has more than 2^60 elements"));
   CHECK(zeros({int64_t(1) << 40, int64_t(1) << 20, 0}).numel() == 0);  // an empty shape is not too large
+  CHECK_THROWS_WITH(empty({0, int64_t(1) << 32, int64_t(1) << 32}),
+                    Contains("shape (0, 4294967296, 4294967296) is too large: its row-major strides overflow int64"));
+  CHECK_THROWS_WITH(Shape({int64_t(1) << 62, 4}).numel("reshape"),
+                    Contains("reshape: shape (4611686018427387904, 4) has more than 2^63 - 1 elements"));
   CHECK_THROWS_WITH(arange(0, 1e30f), Contains("arange: start 0, end 1e+30 and step 1 give 1.0000000150474662e+30 elements, "
                                                 "more than the 2^60 a tensor can hold"));
 }
