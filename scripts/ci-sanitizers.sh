@@ -3,9 +3,11 @@
 # AddressSanitizer + UndefinedBehaviorSanitizer (any report fails) and the
 # libFuzzer targets, builds it, and runs ctest there, fuzzers included.
 #   scripts/ci-sanitizers.sh [BUILD_DIR]   (default: build-asan in the repository)
-# JOBS sets build and ctest parallelism (default 2). Needs scripts/install-deps.sh's clang packages.
+# JOBS sets build and ctest parallelism (default 2). Installs the clang packages
+# it needs (scripts/install-deps.sh --sanitizers).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-deps.sh --sanitizers
 dir=${1:-build-asan}
 jobs=${JOBS:-2}
 launcher=()
@@ -29,7 +31,7 @@ export UBSAN_OPTIONS=print_stacktrace=1
 # Left out, for their run time only: the Release stage before this runs them,
 # and shorter tests run the same code sanitized (docs/hardening.md has the timings).
 #   the real CIFAR-10 epoch on 10,000 images: ~190 s in Release, 589 s sanitized;
-#   mpi_equivalence and mpi_no_sync (2 ranks x 2 training runs): 276 s and 74 s sanitized;
+#   mpi_equivalence and mpi_no_sync (training runs under mpirun): 276 s and 74 s sanitized;
 #   the synthetic-task CLI run and the SIGINT resume run: 55 s and 53 s sanitized.
 exclude='real CIFAR-10, one epoch|^mpi_equivalence$|^mpi_no_sync$|train learns the synthetic task|interrupted by SIGINT and resumed'
 # Tests that start MPI ranks run last, without the leak check: Open MPI never

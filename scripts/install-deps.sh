@@ -4,19 +4,20 @@
 #   scripts/install-deps.sh         build + test + run (what the README commands need)
 #   scripts/install-deps.sh --dev   also python3-torch and python3-numpy, for
 #                                   scripts/gen_fixtures.py (regenerating test fixtures)
+#   scripts/install-deps.sh --sanitizers  also clang 14 and its runtimes, for scripts/ci-sanitizers.sh
 # Runs apt-get as root, or through sudo when not root.
 set -euo pipefail
 
 packages=(build-essential cmake g++ libopenblas-dev libfmt-dev catch2 libcli11-dev
-          nlohmann-json3-dev libopenmpi-dev openmpi-bin gnuplot-nox
-          # CI's sanitizer stage (scripts/ci-sanitizers.sh): clang, its sanitizer and
-          # libFuzzer runtimes, LLVM's OpenMP (clang's -fopenmp), llvm-symbolizer for reports.
-          clang-14 libclang-rt-14-dev libomp-14-dev llvm-14)
+          nlohmann-json3-dev libopenmpi-dev openmpi-bin gnuplot-nox)
 for arg in "$@"; do
   case "$arg" in
     --dev) packages+=(python3-torch python3-numpy) ;;
-    -h|--help) sed -n '2,7s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) echo "install-deps.sh: unknown option '$arg' (expected --dev)" >&2; exit 2 ;;
+    # The sanitizer and fuzz builds (scripts/ci-sanitizers.sh): clang, its sanitizer and
+    # libFuzzer runtimes, LLVM's OpenMP (clang's -fopenmp), llvm-symbolizer for reports.
+    --sanitizers) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev llvm-14) ;;
+    -h|--help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "install-deps.sh: unknown option '$arg' (expected --dev or --sanitizers)" >&2; exit 2 ;;
   esac
 done
 
