@@ -42,6 +42,9 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   train->add_option("--label-smoothing", tc.label_smoothing, "cross-entropy label smoothing")
       ->check(CLI::Range(0.0, 0.999999))->capture_default_str();
   train->add_flag("--no-augment", opt.no_augment, "no random crop and flip");
+  train->add_option("--tta", tc.tta, "test-time augmentation of the test evaluations: none, or flip (the mean of "
+                                     "the logits of each image and its mirror)")
+      ->check(CLI::IsMember({"none", "flip"}))->capture_default_str();
   train->add_option("--bn-preset", tc.bn_preset, "BatchNorm2d convention")->check(CLI::IsMember(presets))
       ->capture_default_str();
   train->add_option("--seed", tc.seed, "random seed (weights, shuffling, augmentation)")->capture_default_str();
@@ -77,6 +80,9 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   eval->add_option("--limit", ec.limit, "the first N test images")->check(CLI::PositiveNumber);
   eval->add_option("--threads", ec.threads, "threads")->check(CLI::PositiveNumber);
   eval->add_flag("--fuse-bn", ec.fuse_bn, "fold each BatchNorm2d into the Conv2d before it");
+  eval->add_option("--tta", ec.tta, "test-time augmentation: none, or flip (the mean of the logits of each image "
+                                    "and its mirror)")
+      ->check(CLI::IsMember({"none", "flip"}))->capture_default_str();
   eval->add_flag("--json", opt.eval_json, "print a one-line JSON result");
 
   // ---- bench

@@ -102,6 +102,10 @@ std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::O
                                         std::vector<int64_t>{warmup_steps});
 }
 
+void check_tta(const std::string& tta) {
+  if (tta != "none" && tta != "flip") fail("--tta: must be 'none' or 'flip', got '{}'", tta);
+}
+
 void check_config(const TrainConfig& c) {
   if (c.epochs < 1) fail("--epochs: must be at least 1, got {}", c.epochs);
   if (c.batch_size < 2) fail("--batch-size: must be at least 2 (BatchNorm needs 2 values per channel), got {}", c.batch_size);
@@ -116,6 +120,7 @@ void check_config(const TrainConfig& c) {
   if (c.limit == 0 || c.limit < -1) fail("--limit: must be a positive number of images, got {}", c.limit);
   if (c.threads < 0) fail("--threads: must be >= 1, got {}", c.threads);
   if (c.bn_stats_every < 1) fail("--bn-stats-every: must be >= 1, got {}", c.bn_stats_every);
+  check_tta(c.tta);
 }
 
 // Fails now, before any training, if `path` cannot be written (its directory
@@ -246,7 +251,20 @@ std::shared_ptr<nn::Module> build_model(const std::string& model, const std::str
   return nn::make_model(model, bn);
 }
 
-EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size, dist::ProcessGroup* pg) {
+// The batch mirrored left-right (the W axis of NCHW images), for flip TTA.
+Tensor mirrored(const Tensor& images) {
+  const Tensor x = images.contiguous();
+  Tensor out = empty(x.shape());
+  const int64_t W = x.shape().back(), rows = x.numel() / W;
+  const float* in = x.data_ptr();
+  float* o = out.data_ptr();
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w = 0; w < W; ++w) o[r * W + w] = in[r * W + W - 1 - w];
+  return out;
+}
+
+EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size, dist::ProcessGroup* pg,
+                    bool flip_tta) {
   const bool was_training = model.is_training();
   model.eval();
   NoGradGuard no_grad;
@@ -264,6 +282,13 @@ EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t bat
   const auto t0 = Clock::now();
   while (auto b = loader.next()) {
     Tensor logits = model.forward(b->images);
+    // Flip TTA: the mean of the logits for the image and its mirror image, so
+    // the loss below is the cross-entropy of the averaged prediction.
+    if (flip_tta) {
+      logits = add(logits, model.forward(mirrored(b->images)));
+      float* l = logits.data_ptr();
+      for (int64_t i = 0; i < logits.numel(); ++i) l[i] *= 0.5f;
+    }
     loss_sum += nn::cross_entropy(logits, b->targets, nn::Reduction::sum).item();
     correct += count_correct(logits, b->targets);
     r.images += b->targets.numel();
@@ -484,7 +509,7 @@ TrainResult train(const TrainConfig& c) {
     train_seconds += epoch_compute;
     EvalResult test;
     try {
-      test = evaluate(*model, test_set, 500, c.process_group.get());
+      test = evaluate(*model, test_set, 500, c.process_group.get(), c.tta == "flip");
     } catch (const Error& e) {
       if (!c.detect_anomaly) throw;
       fail("train: a non-finite value evaluating after epoch {} (global step {}): {}; lower --lr; {}", epoch + 1, step,
@@ -513,7 +538,7 @@ TrainResult train(const TrainConfig& c) {
     if (lead && !c.bn_stats.empty()) bn_stats.write_csv(c.bn_stats);
   }
   if (epoch == start_epoch && !result.interrupted) {  // resumed a finished run: report its weights
-    const EvalResult test = evaluate(*model, test_set, 500, c.process_group.get());
+    const EvalResult test = evaluate(*model, test_set, 500, c.process_group.get(), c.tta == "flip");
     result.test_loss = test.loss;
     result.test_acc = test.acc;
     if (lead && !c.quiet)
@@ -542,6 +567,7 @@ TrainResult train(const TrainConfig& c) {
 EvalResult evaluate_checkpoint(const EvalConfig& c) {
   if (c.checkpoint.empty()) fail("--checkpoint: a checkpoint path is required");
   if (c.batch_size < 1) fail("--batch-size: must be at least 1, got {}", c.batch_size);
+  check_tta(c.tta);
   if (c.threads > 0) set_num_threads(c.threads);
   // The model and preset a Norma training checkpoint records; else the flags.
   std::string model_name = c.model, preset = c.bn_preset;
@@ -563,7 +589,7 @@ EvalResult evaluate_checkpoint(const EvalConfig& c) {
   }
   const data::CifarDataset test_set =
       data::CifarDataset::load(data::find_cifar10_dir(c.data), data::Split::test, data::CifarKind::cifar10, c.limit);
-  return evaluate(*model, test_set, c.batch_size, nullptr);
+  return evaluate(*model, test_set, c.batch_size, nullptr, c.tta == "flip");
 }
 
 }  // namespace norma::app

@@ -43,6 +43,7 @@ struct TrainConfig {
   double warmup = 0;                // epochs of linear warm-up (onecycle: its rising phase)
   double label_smoothing = 0;
   bool augment = true;              // random crop (pad 4) + horizontal flip
+  std::string tta = "none";         // test-time augmentation of the test evaluations: none | flip
   uint64_t seed = 0;
   int threads = 0;                  // 0 = leave as is
   int64_t limit = -1;               // train on the first N training images
@@ -92,9 +93,10 @@ TrainResult train(const TrainConfig& config);
 
 // Accuracy and mean cross-entropy of `model` on `ds` (eval mode, no grad, no
 // augmentation); the model's training flag is restored. With a process group
-// each rank evaluates its share and every rank gets the totals.
+// each rank evaluates its share and every rank gets the totals. `flip_tta`
+// scores the mean of the logits of each image and of its mirror image.
 EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size,
-                    dist::ProcessGroup* pg = nullptr);
+                    dist::ProcessGroup* pg = nullptr, bool flip_tta = false);
 
 struct EvalConfig {
   std::string data, checkpoint;
@@ -102,6 +104,7 @@ struct EvalConfig {
   int64_t batch_size = 500;
   int64_t limit = -1;
   bool fuse_bn = false;
+  std::string tta = "none";         // none | flip (the mean of the logits of each image and its mirror)
   int threads = 0;
 };
 EvalResult evaluate_checkpoint(const EvalConfig& config);
