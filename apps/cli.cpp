@@ -42,6 +42,8 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   train->add_option("--label-smoothing", tc.label_smoothing, "cross-entropy label smoothing")
       ->check(CLI::Range(0.0, 0.999999))->capture_default_str();
   train->add_flag("--no-augment", opt.no_augment, "no random crop and flip");
+  train->add_option("--crop-padding", tc.crop_padding, "zero padding of the random crop (offsets in [-p, p])")
+      ->check(CLI::Range(int64_t{0}, int64_t{32}))->capture_default_str();
   train->add_option("--tta", tc.tta, "test-time augmentation of the test evaluations: none, or flip (the mean of "
                                      "the logits of each image and its mirror)")
       ->check(CLI::IsMember({"none", "flip"}))->capture_default_str();

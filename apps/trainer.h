@@ -42,7 +42,8 @@ struct TrainConfig {
   std::string schedule = "onecycle";  // onecycle | cosine | step | constant
   double warmup = 0;                // epochs of linear warm-up (onecycle: its rising phase)
   double label_smoothing = 0;
-  bool augment = true;              // random crop (pad 4) + horizontal flip
+  bool augment = true;              // random crop + horizontal flip
+  int64_t crop_padding = 4;         // the random crop's zero padding (offsets in [-p, p])
   std::string tta = "none";         // test-time augmentation of the test evaluations: none | flip
   uint64_t seed = 0;
   int threads = 0;                  // 0 = leave as is

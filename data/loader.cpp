@@ -11,13 +11,14 @@ namespace norma::data {
 namespace {
 
 constexpr uint64_t kShuffleStream = 0;  // transforms.h's draw_augment uses stream 1
-constexpr int kCropPad = 4;
 
 }  // namespace
 
 DataLoader::DataLoader(const CifarDataset& ds, LoaderOptions opt) : ds_(ds), opt_(std::move(opt)) {
   const int64_t B = opt_.batch_size, R = opt_.world_size, N = ds_.size();
   if (B <= 0) fail("DataLoader: batch_size must be positive, got {}", B);
+  if (opt_.crop_padding < 0 || opt_.crop_padding > 32)
+    fail("DataLoader: crop_padding must be in [0, 32], got {}", opt_.crop_padding);
   if (opt_.prefetch < 0) fail("DataLoader: prefetch must be >= 0 (0 = no worker thread), got {}", opt_.prefetch);
   if (R <= 0 || opt_.rank < 0 || opt_.rank >= R)
     fail("DataLoader: need 0 <= rank < world_size, got rank {} and world_size {}", opt_.rank, R);
@@ -72,7 +73,7 @@ Batch DataLoader::make_batch(int64_t b) const {
     const int64_t idx = perm_[size_t(lo + i)];
     const uint8_t* src = ds_.image(idx);
     if (opt_.augment) {
-      Augment a = draw_augment(opt_.seed, uint64_t(epoch_), uint64_t(idx), kCropPad);
+      Augment a = draw_augment(opt_.seed, uint64_t(epoch_), uint64_t(idx), opt_.crop_padding);
       crop_flip(cropped, src, kCifarChannels, kCifarHeight, kCifarWidth, a.dy, a.dx, a.flip);
       src = cropped;
     }

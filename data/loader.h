@@ -39,7 +39,8 @@ struct LoaderOptions {
   bool shuffle = true;
   uint64_t seed = 0;
   bool drop_last = false;
-  bool augment = false;    // random crop 32 with zero padding 4 + horizontal flip p=0.5
+  bool augment = false;    // random crop 32 with zero padding + horizontal flip p=0.5
+  int crop_padding = 4;    // the crop's zero padding p: offsets in [-p, p] (torchvision's RandomCrop(32, padding=p))
   bool normalize = true;   // CIFAR-10 per-channel mean and std (transforms.h); else pixel / 255
   int prefetch = 2;        // batches prepared ahead by one background worker thread; 0 = no thread
   int64_t rank = 0, world_size = 1;  // data-parallel shard (contiguous share, see above)

@@ -352,6 +352,33 @@ TEST_CASE("data: augmentation draws are deterministic and cover every offset") {
   CHECK(same < 50);  // 1000 / 162 expected by chance
 }
 
+TEST_CASE("data: the loader's crop offsets stay within crop_padding") {
+  TempDir tmp("loader_pad");
+  write_synth_cifar10(tmp.str(), 10);
+  CifarDataset ds = CifarDataset::load(tmp.str(), Split::train);  // 50 images
+  for (int pad : {0, 2}) {
+    LoaderOptions opt;
+    opt.batch_size = 50, opt.shuffle = false, opt.normalize = false, opt.augment = true, opt.crop_padding = pad;
+    opt.seed = 5;
+    DataLoader loader(ds, opt);
+    loader.set_epoch(0);
+    const Batch b = *loader.next();
+    int wrong = 0;
+    std::set<int> offsets;
+    std::vector<uint8_t> want(3072);
+    for (int64_t i = 0; i < 50; ++i) {
+      const Augment a = draw_augment(5, 0, uint64_t(i), pad);
+      offsets.insert(a.dy), offsets.insert(a.dx);
+      crop_flip(want.data(), ds.image(i), 3, 32, 32, a.dy, a.dx, a.flip);
+      for (int p = 0; p < 3072; ++p) wrong += b.images.data_ptr()[i * 3072 + p] != float(want[size_t(p)]) / 255.0f;
+    }
+    CHECK(wrong == 0);
+    CHECK(*offsets.begin() >= -pad);
+    CHECK(*offsets.rbegin() <= pad);
+    if (pad == 2) CHECK(offsets == std::set<int>{-2, -1, 0, 1, 2});
+  }
+}
+
 // ---- loader
 
 TEST_CASE("data: loader batches hold the dataset's pixels and labels") {
@@ -542,6 +569,8 @@ TEST_CASE("data: loader option errors") {
     return error_of([&] { DataLoader loader(ds, opt); });
   };
   CHECK_THAT(msg([](LoaderOptions& o) { o.batch_size = 0; }), Contains("DataLoader: batch_size must be positive, got 0"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.crop_padding = -1; }), Contains("DataLoader: crop_padding must be in [0, 32], got -1"));
+  CHECK_THAT(msg([](LoaderOptions& o) { o.crop_padding = 33; }), Contains("got 33"));
   CHECK_THAT(msg([](LoaderOptions& o) { o.prefetch = -1; }), Contains("DataLoader: prefetch must be >= 0 (0 = no worker thread), got -1"));
   CHECK_THAT(msg([](LoaderOptions& o) { o.rank = 2, o.world_size = 2; }),
              Contains("DataLoader: need 0 <= rank < world_size, got rank 2 and world_size 2"));

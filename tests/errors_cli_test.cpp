@@ -81,6 +81,8 @@ TEST_CASE("errors: the trainer checks its config before anything else") {
   CHECK_THAT(msg([](auto& c) { c.limit = -5; }), Contains("--limit: must be a positive number of images, got -5"));
   CHECK_THAT(msg([](auto& c) { c.threads = -1; }), Contains("--threads: must be >= 1, got -1"));
   CHECK_THAT(msg([](auto& c) { c.bn_stats_every = 0; }), Contains("--bn-stats-every: must be >= 1, got 0"));
+  CHECK_THAT(msg([](auto& c) { c.crop_padding = -1; }), Contains("--crop-padding: must be in [0, 32], got -1"));
+  CHECK_THAT(msg([](auto& c) { c.tta = "five-crop"; }), Contains("--tta: must be 'none' or 'flip', got 'five-crop'"));
   // Output files are tried before any data is read.
   const std::string nowhere = dir.file("no/such/dir/out.csv");
   CHECK_THAT(msg([&](auto& c) { c.metrics = nowhere; }), Contains("--metrics: cannot write '" + nowhere + "': No such file or directory"));
