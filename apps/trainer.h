@@ -34,17 +34,17 @@ struct TrainConfig {
   std::string bn_preset = "pytorch";
   int64_t epochs = 10;
   int64_t batch_size = 128;
-  double lr = 0.05;                 // the peak lr for onecycle
+  double lr = 0.1;                  // the peak lr for onecycle
   std::string optimizer = "sgd";    // sgd | adam | adamw
   double momentum = 0.9;
   bool nesterov = true;
   double weight_decay = 5e-4;       // on conv/linear weights only (not BN, not biases)
   std::string schedule = "onecycle";  // onecycle | cosine | step | constant
   double warmup = 0;                // epochs of linear warm-up (onecycle: its rising phase)
-  double label_smoothing = 0;
+  double label_smoothing = 0.1;
   bool augment = true;              // random crop + horizontal flip
-  int64_t crop_padding = 4;         // the random crop's zero padding (offsets in [-p, p])
-  std::string tta = "none";         // test-time augmentation of the test evaluations: none | flip
+  int64_t crop_padding = 2;         // the random crop's zero padding (offsets in [-p, p])
+  std::string tta = "flip";         // test-time augmentation of the test evaluations: none | flip
   uint64_t seed = 0;
   int threads = 0;                  // 0 = leave as is
   int64_t limit = -1;               // train on the first N training images
@@ -105,7 +105,7 @@ struct EvalConfig {
   int64_t batch_size = 500;
   int64_t limit = -1;
   bool fuse_bn = false;
-  std::string tta = "none";         // none | flip (the mean of the logits of each image and its mirror)
+  std::string tta = "flip";         // none | flip (the mean of the logits of each image and its mirror)
   int threads = 0;
 };
 EvalResult evaluate_checkpoint(const EvalConfig& config);
