@@ -252,6 +252,8 @@ std::shared_ptr<nn::Module> build_model(const std::string& model, const std::str
   return nn::make_model(model, bn);
 }
 
+namespace {
+
 // The batch mirrored left-right (the W axis of NCHW images), for flip TTA.
 Tensor mirrored(const Tensor& images) {
   const Tensor x = images.contiguous();
@@ -263,6 +265,8 @@ Tensor mirrored(const Tensor& images) {
     for (int64_t w = 0; w < W; ++w) o[r * W + w] = in[r * W + W - 1 - w];
   return out;
 }
+
+}  // namespace
 
 EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size, dist::ProcessGroup* pg,
                     bool flip_tta) {
