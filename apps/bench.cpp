@@ -1,6 +1,8 @@
 // Throughput and a per-layer profile on random data (no dataset needed).
 #include "bench.h"
 
+#include <cblas.h>
+
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -65,6 +67,7 @@ BenchResult run_bench(const BenchConfig& c) {
   BenchResult r;
   r.batch_size = c.batch_size;
   r.threads = get_num_threads();
+  r.blas_core = openblas_get_corename();
   model->train();
   std::vector<double> fwd, bwd, upd, total;
   for (int64_t s = 0; s < c.warmup + c.steps; ++s) {
@@ -108,7 +111,7 @@ BenchResult run_bench(const BenchConfig& c) {
 }
 
 std::string format_bench(const BenchResult& r) {
-  std::string s = fmt::format("batch {}, {} thread(s)\n", r.batch_size, r.threads);
+  std::string s = fmt::format("batch {}, {} thread(s), OpenBLAS core {}\n", r.batch_size, r.threads, r.blas_core);
   s += fmt::format("train  {:8.1f} img/s   step {:.1f} ms = forward {:.1f} + backward {:.1f} + optimizer {:.1f}\n",
                    r.train_img_per_s, r.forward_ms + r.backward_ms + r.optimizer_ms, r.forward_ms, r.backward_ms,
                    r.optimizer_ms);
@@ -132,7 +135,7 @@ std::string bench_json(const BenchResult& r) {
   return nlohmann::json{{"batch_size", r.batch_size}, {"threads", r.threads}, {"train_img_per_s", r.train_img_per_s},
                         {"eval_img_per_s", r.eval_img_per_s}, {"forward_ms", r.forward_ms},
                         {"backward_ms", r.backward_ms}, {"optimizer_ms", r.optimizer_ms},
-                        {"peak_rss_mb", r.peak_rss_mb}, {"layers", layers}}
+                        {"peak_rss_mb", r.peak_rss_mb}, {"blas_core", r.blas_core}, {"layers", layers}}
       .dump();
 }
 

@@ -25,6 +25,7 @@ struct BenchResult {
   double train_img_per_s = 0, eval_img_per_s = 0;
   double forward_ms = 0, backward_ms = 0, optimizer_ms = 0;  // per training step, medians
   double peak_rss_mb = 0;
+  std::string blas_core;  // the kernels OpenBLAS runs (openblas_get_corename)
   std::vector<LayerTime> layers;
 };
 

@@ -3,9 +3,14 @@
 // Exit codes: 0 success, 1 an error (on stderr), 130/143 training interrupted
 // by SIGINT/SIGTERM after writing its checkpoint; CLI11's own codes for bad
 // flags, 2 for an unknown command. The flags themselves are in apps/cli.cpp.
+#include <cblas.h>
+#include <unistd.h>
+
+#include <cctype>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include <norma/core/mpi_process_group.h>
@@ -56,9 +61,33 @@ float run_demo(int steps, float lr, uint64_t seed) {
   return loss_value;
 }
 
+// OpenBLAS 0.3.21 picks its kernels once, when it loads, from OPENBLAS_CORETYPE
+// or from CPUID, and it takes AMD's AVX-512 CPUs (Zen 4/5) for AVX2-only cores.
+// Where the CPU and the OS both support AVX-512 and OpenBLAS did not choose an
+// AVX-512 core, run this program again with OPENBLAS_CORETYPE=SKYLAKEX (sgemm
+// ~1.9x faster where that holds). Never without AVX-512: those kernels die with
+// SIGILL (measured on a VM whose EPYC hides AVX-512 from CPUID).
+// __builtin_cpu_supports checks the OS's XCR0 state as well as CPUID.
+// Setting OPENBLAS_CORETYPE (to anything) or NORMA_NO_REEXEC=1 turns this off.
+void prefer_avx512_openblas(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") || std::getenv("NORMA_NO_REEXEC")) return;
+  __builtin_cpu_init();
+  if (!(__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512cd")))
+    return;
+  std::string core = openblas_get_corename();
+  for (char& c : core) c = char(std::tolower(static_cast<unsigned char>(c)));
+  if (core == "skylakex" || core == "cooperlake" || core == "sapphirerapids") return;
+  setenv("OPENBLAS_CORETYPE", "SKYLAKEX", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: carry on with the core OpenBLAS chose
+  unsetenv("OPENBLAS_CORETYPE");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  prefer_avx512_openblas(argv);
   app::CliOptions opt;
   std::unique_ptr<CLI::App> cli = app::make_cli(opt);
   if (std::string unknown = app::unknown_command(*cli, argc, argv); !unknown.empty()) {

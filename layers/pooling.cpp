@@ -8,6 +8,7 @@
 #include <memory>
 #include <vector>
 
+#include "../core/allocator.h"
 #include "../core/autograd.h"
 
 namespace norma::nn {
@@ -88,16 +89,31 @@ void maxpool2d_backward(float* dx, const float* dy, const int64_t* indices, cons
   }
 }
 
+namespace {
+// The argmax of each window, kept for backward. It comes from the caching
+// allocator: a fresh std::vector (8 MB for cifar-small's first pool at batch
+// 128) faulted its pages in every step and cost more than the pooling itself.
+struct PoolIndices {
+  size_t bytes;
+  int64_t* data;
+  explicit PoolIndices(int64_t n)
+      : bytes(std::max<size_t>(size_t(n) * sizeof(int64_t), 1)), data(static_cast<int64_t*>(cached_alloc(bytes))) {}
+  ~PoolIndices() { cached_free(data, bytes); }
+  PoolIndices(const PoolIndices&) = delete;
+  PoolIndices& operator=(const PoolIndices&) = delete;
+};
+}  // namespace
+
 Tensor max_pool2d(const Tensor& x, Size2 kernel_size, std::optional<Size2> stride, Size2 padding) {
   check_input("max_pool2d", x);
   PoolShape s = pool2d_shape("max_pool2d", x.shape(), kernel_size, stride, padding);
   Tensor xc = x.contiguous();
   Tensor y = empty({s.N, s.C, s.OH, s.OW});
-  auto indices = std::make_shared<std::vector<int64_t>>(size_t(y.numel()));  // (N, C, OH, OW)
-  maxpool2d_forward(y.data_ptr(), indices->data(), xc.data_ptr(), s);
+  auto indices = std::make_shared<PoolIndices>(y.numel());  // (N, C, OH, OW)
+  maxpool2d_forward(y.data_ptr(), indices->data, xc.data_ptr(), s);
   autograd::record(y, "max_pool2d", {x}, [x, indices, s](const Tensor& dy) {
     Tensor dyc = dy.contiguous(), dx = empty(x.shape());
-    maxpool2d_backward(dx.data_ptr(), dyc.data_ptr(), indices->data(), s);
+    maxpool2d_backward(dx.data_ptr(), dyc.data_ptr(), indices->data, s);
     autograd::accumulate(x, dx);
   });
   return y;

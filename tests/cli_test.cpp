@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <sys/wait.h>
 
+#include <cctype>
 #include <csignal>
 #include <filesystem>
 #include <fstream>
@@ -165,6 +166,34 @@ TEST_CASE("cli: bench reports throughput and a per-layer table") {
   REQUIRE(text.code == 0);
   CHECK(text.out.find("img/s") != std::string::npos);
   CHECK(text.out.find("BatchNorm2d") != std::string::npos);
+  fs::remove_all(w);
+}
+
+TEST_CASE("cli: norma runs OpenBLAS's AVX-512 kernels only where the CPU has AVX-512") {
+  const fs::path w = workdir("blas_core", 1, 1);
+  const std::string args = "bench --batch-size 4 --steps 1 --warmup 0 --threads 1 --json";
+  auto lower = [](std::string s) {
+    for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  // A core the user chose is kept.
+  const Run chosen = norma_cli(w, args, "OPENBLAS_CORETYPE=HASWELL ");
+  INFO(chosen.err);
+  REQUIRE(chosen.code == 0);
+  CHECK(lower(chosen.last_json()["blas_core"].get<std::string>()) == "haswell");
+  // Otherwise SkylakeX's kernels where the CPU and the OS support AVX-512, and
+  // never elsewhere (they would die with SIGILL).
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512cd");
+  const Run detected = norma_cli(w, args, "env -u OPENBLAS_CORETYPE -u NORMA_NO_REEXEC ");
+  INFO(detected.err);
+  REQUIRE(detected.code == 0);
+  const std::string core = lower(detected.last_json()["blas_core"].get<std::string>());
+  INFO("avx512: " << avx512 << ", core: " << core);
+  const bool avx512_core = core == "skylakex" || core == "cooperlake" || core == "sapphirerapids";
+  CHECK(avx512_core == avx512);
   fs::remove_all(w);
 }
 
