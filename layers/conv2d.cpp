@@ -94,6 +94,20 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, con
 
 namespace {
 
+// The outputs ow whose input column iw = ow*sw + off (off = j*dw - pw) falls
+// inside [0, W): [lo, hi). Outside it the kernel tap reads padding. Computing
+// the range once per tap turns the inner loops into plain copies and adds
+// (im2col's per-element bounds test cost as much as the GEMM's packing).
+struct ColSpan {
+  int64_t off, lo, hi;
+};
+ColSpan col_span(const ConvShape& s, int64_t j) {
+  const int64_t off = j * s.dw - s.pw;
+  const int64_t lo = std::min(off >= 0 ? 0 : (-off + s.sw - 1) / s.sw, s.OW);
+  const int64_t hi = s.W - 1 - off < 0 ? 0 : std::min((s.W - 1 - off) / s.sw + 1, s.OW);
+  return {off, lo, std::max(lo, hi)};
+}
+
 // col (Cg*kh*kw, OH*OW) from the Cg channels of one image starting at x.
 void im2col(float* col, const float* x, const ConvShape& s, int64_t Cg) {
   const int64_t L = s.OH * s.OW;
@@ -103,6 +117,7 @@ void im2col(float* col, const float* x, const ConvShape& s, int64_t Cg) {
       for (int64_t j = 0; j < s.kw; ++j) {
         float* row = col + ((c * s.kh + i) * s.kw + j) * L;
         const float* plane = x + c * s.H * s.W;
+        const auto [off, lo, hi] = col_span(s, j);
         for (int64_t oh = 0; oh < s.OH; ++oh) {
           const int64_t ih = oh * s.sh - s.ph + i * s.dh;
           float* out = row + oh * s.OW;
@@ -110,10 +125,13 @@ void im2col(float* col, const float* x, const ConvShape& s, int64_t Cg) {
             std::fill_n(out, s.OW, 0.0f);
             continue;
           }
-          for (int64_t ow = 0; ow < s.OW; ++ow) {
-            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-            out[ow] = iw >= 0 && iw < s.W ? plane[ih * s.W + iw] : 0.0f;
-          }
+          const float* in = plane + ih * s.W;
+          std::fill(out, out + lo, 0.0f);
+          if (s.sw == 1)
+            std::copy(in + lo + off, in + hi + off, out + lo);
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) out[ow] = in[ow * s.sw + off];
+          std::fill(out + hi, out + s.OW, 0.0f);
         }
       }
 }
@@ -127,13 +145,16 @@ void col2im_add(float* dx, const float* col, const ConvShape& s, int64_t Cg) {
       for (int64_t j = 0; j < s.kw; ++j) {
         const float* row = col + ((c * s.kh + i) * s.kw + j) * L;
         float* plane = dx + c * s.H * s.W;
+        const auto [off, lo, hi] = col_span(s, j);
         for (int64_t oh = 0; oh < s.OH; ++oh) {
           const int64_t ih = oh * s.sh - s.ph + i * s.dh;
           if (ih < 0 || ih >= s.H) continue;
-          for (int64_t ow = 0; ow < s.OW; ++ow) {
-            const int64_t iw = ow * s.sw - s.pw + j * s.dw;
-            if (iw >= 0 && iw < s.W) plane[ih * s.W + iw] += row[oh * s.OW + ow];
-          }
+          float* out = plane + ih * s.W;
+          const float* in = row + oh * s.OW;
+          if (s.sw == 1)
+            for (int64_t ow = lo; ow < hi; ++ow) out[ow + off] += in[ow];
+          else
+            for (int64_t ow = lo; ow < hi; ++ow) out[ow * s.sw + off] += in[ow];
         }
       }
 }

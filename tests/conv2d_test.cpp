@@ -21,6 +21,8 @@ TEST_CASE("conv2d: im2col+sgemm matches the naive loops forward and backward") {
       {3, 6, 5, 5, 6, 1, 1, 1, 1, 0, 0, 1, 1, 3, true},    // 1x1, groups 3
       {2, 2, 4, 4, 3, 4, 4, 1, 1, 0, 0, 1, 1, 1, true},    // kernel covers the input
       {1, 4, 6, 5, 4, 3, 3, 3, 2, 2, 1, 1, 1, 4, true},    // depthwise, padding 2
+      {1, 2, 3, 2, 3, 3, 5, 1, 3, 1, 4, 1, 2, 1, true},    // taps that only ever read padding
+      {2, 3, 5, 6, 2, 3, 3, 2, 3, 3, 4, 1, 1, 1, true},    // padding wider than the kernel, stride 3
   };
   manual_seed(7);
   for (const Case& c : cases) {
