@@ -34,7 +34,7 @@ struct TrainConfig {
   std::string bn_preset = "pytorch";
   int64_t epochs = 10;
   int64_t batch_size = 128;
-  double lr = 0.1;                  // the peak lr for onecycle
+  double lr = 0.2;                  // the peak lr for onecycle
   std::string optimizer = "sgd";    // sgd | adam | adamw
   double momentum = 0.9;
   bool nesterov = true;
