@@ -62,11 +62,12 @@ float run_demo(int steps, float lr, uint64_t seed) {
 }
 
 // OpenBLAS 0.3.21 picks its kernels once, when it loads, from OPENBLAS_CORETYPE
-// or from CPUID, and it takes AMD's AVX-512 CPUs (Zen 4/5) for AVX2-only cores.
+// or from CPUID, and it takes AMD's AVX-512 CPUs (Zen 4/5) for AVX2-only cores
+// (issue 6 measured sgemm at 210 GFLOP/s so, 390 with SKYLAKEX, on such a machine).
 // Where the CPU and the OS both support AVX-512 and OpenBLAS did not choose an
-// AVX-512 core, run this program again with OPENBLAS_CORETYPE=SKYLAKEX (sgemm
-// ~1.9x faster where that holds). Never without AVX-512: those kernels die with
-// SIGILL (measured on a VM whose EPYC hides AVX-512 from CPUID).
+// AVX-512 core, run this program again with OPENBLAS_CORETYPE=SKYLAKEX. Never
+// without AVX-512: those kernels die with SIGILL (seen on a VM whose EPYC hides
+// AVX-512 from CPUID; docs/performance.md).
 // __builtin_cpu_supports checks the OS's XCR0 state as well as CPUID.
 // Setting OPENBLAS_CORETYPE (to anything) or NORMA_NO_REEXEC=1 turns this off.
 void prefer_avx512_openblas(char** argv) {
