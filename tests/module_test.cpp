@@ -337,3 +337,17 @@ TEST_CASE("module: summary of cifar_small lists each layer, its output shape and
   CHECK_THROWS_WITH(summary(*model, {2, 4, 32, 32}), Catch::Contains("conv2d: input (2, 4, 32, 32) has 4 channels"));
   CHECK(model->is_training());
 }
+
+TEST_CASE("ReLU(inplace): writes max(x, 0) over its input under NoGradGuard, on the parallel path too") {
+  manual_seed(3);
+  for (int64_t n : {int64_t(7), int64_t(1) << 17}) {
+    CAPTURE(n);
+    Tensor x = randn({n});
+    const Tensor expected = relu(x);  // out of place
+    ReLU r(/*inplace=*/true);
+    NoGradGuard g;
+    Tensor y = r.forward(x);
+    CHECK(y.data_ptr() == x.data_ptr());
+    NORMA_CHECK_CLOSE(y, expected, 0, 0);
+  }
+}
