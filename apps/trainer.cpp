@@ -292,7 +292,7 @@ EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t bat
     if (flip_tta) {
       logits = add(logits, model.forward(mirrored(b->images)));
       float* l = logits.data_ptr();
-      for (int64_t i = 0; i < logits.numel(); ++i) l[i] *= 0.5f;
+      for (int64_t i = 0, n = logits.numel(); i < n; ++i) l[i] *= 0.5f;
     }
     loss_sum += nn::cross_entropy(logits, b->targets, nn::Reduction::sum).item();
     correct += count_correct(logits, b->targets);

@@ -16,22 +16,14 @@
 
 #include <norma/norma.h>
 
+#include "bench_util.h"
+
 using namespace norma;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_per_call(const std::function<void()>& f, int reps) {
-  auto t0 = Clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  return std::chrono::duration<double>(Clock::now() - t0).count() / reps;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::median;
+using bench::seconds_per_call;
 
 struct Measure {
   std::string name;

@@ -14,24 +14,14 @@
 
 #include <norma/norma.h>
 
+#include "bench_util.h"
+
 using namespace norma;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-// Seconds per call of f, averaged over `reps` back-to-back calls.
-double seconds_per_call(const std::function<void()>& f, int reps) {
-  auto t0 = Clock::now();
-  for (int i = 0; i < reps; ++i) f();
-  return std::chrono::duration<double>(Clock::now() - t0).count() / reps;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  size_t h = v.size() / 2;
-  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
+using bench::median;
+using bench::seconds_per_call;
 
 struct Variant {
   std::string name;

@@ -353,7 +353,8 @@ Tensor max(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
   record(out, "max", {x}, [x, idx, inverse, permuted, inner](const Tensor& d) {
     Tensor g = zeros(permuted);
     Tensor dc = d.contiguous();
-    for (int64_t i = 0; i < idx.numel(); ++i) g.data_ptr()[i * inner + int64_t(idx.data_ptr()[i])] = dc.data_ptr()[i];
+    const int64_t n = idx.numel();
+    for (int64_t i = 0; i < n; ++i) g.data_ptr()[i * inner + int64_t(idx.data_ptr()[i])] = dc.data_ptr()[i];
     accumulate(x, x.dim() ? g.permute(inverse).contiguous() : g);
   });
   return out;

@@ -208,7 +208,8 @@ Tensor arange(float start, float end, float step) {
     fail("arange: start {}, end {} and step {} give {} elements, more than the 2^60 a tensor can hold", start, end,
          step, n);
   Tensor t = empty({int64_t(std::max(n, 0.0))});
-  for (int64_t i = 0; i < t.numel(); ++i) t.data_ptr()[i] = float(start + double(i) * step);
+  float* p = t.data_ptr();
+  for (int64_t i = 0, m = t.numel(); i < m; ++i) p[i] = float(start + double(i) * step);
   return t;
 }
 Tensor from_vector(const std::vector<float>& values, const Shape& shape) {
@@ -282,7 +283,7 @@ Tensor uniform(const Shape& shape, float low, float high) {
     fail("uniform: need finite low <= high, got low {} and high {}", low, high);
   Tensor t = empty(shape);
   float* p = t.data_ptr();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = low + (high - low) * random_uniform();
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = low + (high - low) * random_uniform();
   return t;
 }
 Tensor randn(const Shape& shape) { return normal(shape, 0.0f, 1.0f); }
@@ -291,7 +292,7 @@ Tensor normal(const Shape& shape, float mean, float std) {
     fail("normal: need a finite mean and std >= 0, got mean {} and std {}", mean, std);
   Tensor t = empty(shape);
   float* p = t.data_ptr();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = mean + std * random_normal();
+  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = mean + std * random_normal();
   return t;
 }
 

@@ -40,8 +40,9 @@ Tensor reduce(const Tensor& losses, Reduction r) {
   if (r == Reduction::none) return losses;
   const float* l = losses.data_ptr();
   double s = 0;
-  for (int64_t i = 0; i < losses.numel(); ++i) s += l[i];
-  return scalar_tensor(float(r == Reduction::mean ? s / double(losses.numel()) : s));
+  const int64_t n = losses.numel();
+  for (int64_t i = 0; i < n; ++i) s += l[i];
+  return scalar_tensor(float(r == Reduction::mean ? s / double(n) : s));
 }
 
 // The upstream gradient of each sample's loss, g (N).
