@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "../core/autograd.h"
+#include "blas_threads.h"
 #include "init.h"
 
 namespace norma::nn {
@@ -162,23 +163,16 @@ void col2im_add(float* dx, const float* col, const ConvShape& s, int64_t Cg) {
 }  // namespace
 
 // Images are independent, so the batch is split across OpenMP threads, each
-// with its own col buffer and a single-threaded sgemm: one thread pool instead
-// of OpenMP's and OpenBLAS's taking turns (their idle threads spin and steal
-// each other's cores; on 2 cores that cost 3x). A batch smaller than the
-// thread count keeps OpenBLAS's threads instead.
+// with its own col buffer and a single-threaded sgemm (see blas_threads.h). A
+// batch smaller than the thread count keeps OpenBLAS's threads instead.
 namespace {
-
-struct BlasThreads {  // sets OpenBLAS's thread count for a scope
-  int saved;
-  explicit BlasThreads(int n) : saved(openblas_get_num_threads()) { openblas_set_num_threads(n); }
-  ~BlasThreads() { openblas_set_num_threads(saved); }
-};
 
 bool split_batch(const ConvShape& s) { return omp_get_max_threads() > 1 && s.N >= omp_get_max_threads(); }
 
 }  // namespace
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
+  if (conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s);
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
   const bool split = split_batch(s);
   const int T = split ? omp_get_max_threads() : 1;
@@ -205,13 +199,6 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* b, co
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      const ConvShape& s) {
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
-  const bool split = split_batch(s);
-  const int T = split ? omp_get_max_threads() : 1;
-  Tensor col_buf = empty({T * R * L});
-  // Each thread sums its images' dweight into its own slice; the slices are
-  // added in thread order afterwards, so the result is the same every run.
-  Tensor dw_buf = dw ? zeros({T * s.K * R}) : Tensor();
-  if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, 0.0f);
   if (db) {
     for (int64_t k = 0; k < s.K; ++k) {
       double acc = 0;
@@ -220,6 +207,14 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
       db[k] = float(acc);
     }
   }
+  if (conv2d_winograd_applies(s)) return conv2d_winograd_backward(dx, dw, dy, x, w, s);
+  const bool split = split_batch(s);
+  const int T = split ? omp_get_max_threads() : 1;
+  Tensor col_buf = empty({T * R * L});
+  // Each thread sums its images' dweight into its own slice; the slices are
+  // added in thread order afterwards, so the result is the same every run.
+  Tensor dw_buf = dw ? zeros({T * s.K * R}) : Tensor();
+  if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, 0.0f);
   std::optional<BlasThreads> one_thread;
   if (split) one_thread.emplace(1);
 #pragma omp parallel for schedule(static) if (split)

@@ -1,7 +1,9 @@
 // Conv2d on NCHW tensors: x (N, C, H, W) * weight (K, C/groups, kh, kw) + bias (K)
 // -> y (N, K, OH, OW) with OH = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (likewise OW).
 //
-// Fast path: im2col + OpenBLAS sgemm, per image and group:
+// Fast paths: Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions of a CNN
+// (conv2d_winograd.cpp, 2.25x fewer multiplies), otherwise im2col + OpenBLAS
+// sgemm, per image and group:
 //   col (C/g*kh*kw, OH*OW) = im2col(x[n, g])     y[n, g] = W_g (K/g, C/g*kh*kw) @ col
 // and backward:
 //   dW_g += dy[n, g] @ col^T     dcol = W_g^T @ dy[n, g]     dx[n, g] += col2im(dcol)
@@ -38,6 +40,15 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
 void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
 void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                            const ConvShape& s);
+
+// ---- Winograd F(2x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
+// group, padding <= 2, at least 16 channels in and out. conv2d_forward and
+// conv2d_backward take this path where it applies; NORMA_WINOGRAD=0 turns it off.
+bool conv2d_winograd_applies(const ConvShape& s);
+void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
+// dx and dw (either may be null) are overwritten; conv2d_backward computes db.
+void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                              const ConvShape& s);
 
 // ---- the op: one autograd node. bias may be an undefined Tensor.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride = 1, Size2 padding = 0,

@@ -47,6 +47,65 @@ TEST_CASE("conv2d: im2col+sgemm matches the naive loops forward and backward") {
   }
 }
 
+TEST_CASE("conv2d: Winograd F(2x2, 3x3) matches the naive loops forward and backward") {
+  struct W {
+    int64_t N, C, K, H, W, ph, pw;
+  };
+  const W cases[] = {
+      {2, 16, 16, 8, 8, 1, 1},    // cifar-small's convs, small
+      {3, 16, 17, 20, 20, 1, 1},  // blocks of several tile rows that cross images
+      {1, 17, 16, 7, 9, 0, 2},    // odd outputs (a half-empty last tile), paddings 0 and 2
+      {2, 16, 16, 1, 5, 1, 0},    // a single input row
+      {1, 16, 16, 3, 530, 1, 1},  // a tile row longer than a block
+  };
+  manual_seed(11);
+  for (const W& c : cases) {
+    CAPTURE(c.N, c.C, c.K, c.H, c.W, c.ph, c.pw);
+    Tensor x = randn({c.N, c.C, c.H, c.W}), w = randn({c.K, c.C, 3, 3}), b = randn({c.K});
+    ConvShape s = conv2d_shape(x.shape(), w.shape(), 1, {c.ph, c.pw}, 1, 1);
+    REQUIRE(conv2d_winograd_applies(s));
+    Tensor y = full({s.N, s.K, s.OH, s.OW}, NAN), y_ref = empty(y.shape());
+    conv2d_winograd_forward(y.data_ptr(), x.data_ptr(), w.data_ptr(), b.data_ptr(), s);
+    conv2d_forward_naive(y_ref.data_ptr(), x.data_ptr(), w.data_ptr(), b.data_ptr(), s);
+    NORMA_CHECK_CLOSE(y, y_ref, 1e-4, 1e-4);
+
+    Tensor dy = randn(y.shape());
+    Tensor dx = full(x.shape(), NAN), dw = full(w.shape(), NAN);
+    Tensor dx_ref = empty(x.shape()), dw_ref = empty(w.shape()), db_ref = empty({s.K});
+    conv2d_winograd_backward(dx.data_ptr(), dw.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+    conv2d_backward_naive(dx_ref.data_ptr(), dw_ref.data_ptr(), db_ref.data_ptr(), dy.data_ptr(), x.data_ptr(),
+                          w.data_ptr(), s);
+    NORMA_CHECK_CLOSE(dx, dx_ref, 1e-4, 1e-4);
+    NORMA_CHECK_CLOSE(dw, dw_ref, 2e-4, 1e-4);
+  }
+}
+
+TEST_CASE("conv2d: Winograd is taken for stride-1 3x3 convolutions with 16 or more channels, and only those") {
+  auto applies = [](Shape x, Shape w, Size2 stride, Size2 pad, Size2 dil, int64_t groups) {
+    return conv2d_winograd_applies(conv2d_shape(x, w, stride, pad, dil, groups));
+  };
+  CHECK(applies({128, 32, 32, 32}, {32, 32, 3, 3}, 1, 1, 1, 1));
+  CHECK(applies({128, 64, 8, 8}, {128, 64, 3, 3}, 1, 1, 1, 1));
+  CHECK_FALSE(applies({128, 3, 32, 32}, {32, 3, 3, 3}, 1, 1, 1, 1));   // the RGB layer: im2col
+  CHECK_FALSE(applies({1, 32, 9, 9}, {32, 32, 3, 3}, 2, 1, 1, 1));     // stride 2
+  CHECK_FALSE(applies({1, 32, 9, 9}, {32, 32, 3, 3}, 1, 1, 2, 1));     // dilation 2
+  CHECK_FALSE(applies({1, 32, 9, 9}, {32, 16, 3, 3}, 1, 1, 1, 2));     // groups
+  CHECK_FALSE(applies({1, 32, 9, 9}, {32, 32, 3, 3}, 1, 3, 1, 1));     // padding 3
+  CHECK_FALSE(applies({1, 32, 9, 9}, {32, 32, 5, 5}, 1, 2, 1, 1));     // 5x5
+  CHECK_FALSE(applies({0, 32, 9, 9}, {32, 32, 3, 3}, 1, 1, 1, 1));     // empty batch
+}
+
+TEST_CASE("conv2d: gradcheck through the Winograd path") {
+  manual_seed(5);
+  Tensor x = randn({2, 16, 5, 4}).requires_grad_();
+  Tensor w = (randn({16, 16, 3, 3}) * 0.2f).requires_grad_();
+  Tensor b = randn({16}).requires_grad_();
+  REQUIRE(conv2d_winograd_applies(conv2d_shape(x.shape(), w.shape(), 1, 1, 1, 1)));
+  auto r = gradcheck([](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], 1, 1); }, {x, w, b});
+  INFO(r.message);
+  CHECK(r.ok);
+}
+
 TEST_CASE("conv2d: known values") {
   // A 3x3 all-ones kernel over a 3x3 input with padding 1 sums each neighbourhood.
   Tensor x = arange(1, 10).reshape({1, 1, 3, 3});

@@ -1,0 +1,328 @@
+// Winograd F(2x2, 3x3) convolution (Lavin & Gray, "Fast Algorithms for
+// Convolutional Neural Networks", 2015) for 3x3 kernels with stride 1,
+// dilation 1 and one group: the shape of every cifar-small conv but the first.
+//
+// A 4x4 input tile d and a 3x3 filter g give a 2x2 output tile
+//   Y = A^T [ (G g G^T) .* (B^T d B) ] A
+// with
+//   B^T = [1  0 -1  0]    G = [1    0    0  ]    A^T = [1  1  1  0]
+//         [0  1  1  0]        [1/2  1/2  1/2]          [0  1 -1 -1]
+//         [0 -1  1  0]        [1/2 -1/2  1/2]
+//         [0  1  0 -1]        [0    0    1  ]
+// 16 multiplies per tile where direct convolution takes 36. Summed over input
+// channels, each of the 16 positions xi of the 4x4 tile is one matrix product:
+//   M[xi] (K, P) = U[xi] (K, C) @ V[xi] (C, P)
+// with U = G g G^T per filter, V = B^T d B per tile (P tiles) and Y = A^T M A.
+//
+// Backward, from the same identity:
+//   dx: a stride-1 convolution of dy with each filter flipped and its channels
+//       swapped, padding 2 - p: the forward above with other weights.
+//   dw: dM = A dY A^T per tile, dU[xi] (K, C) = sum over tiles dM[xi] @ V[xi]^T,
+//       dg = G^T dU G.
+//
+// Letters: N batch, C input channels, K output channels, H/W input size, OH/OW
+// output size, TH/TW tiles per column/row (2x2 outputs each), P tiles in a block.
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+
+#include "blas_threads.h"
+#include "conv2d.h"
+
+namespace norma::nn {
+
+namespace {
+
+struct Geom {  // the tiling of one stride-1 3x3 convolution
+  int64_t N, C, K, H, W, ph, pw, OH, OW, TH, TW;
+};
+
+Geom geom(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t ph, int64_t pw) {
+  const int64_t OH = H + 2 * ph - 2, OW = W + 2 * pw - 2;
+  return {N, C, K, H, W, ph, pw, OH, OW, (OH + 1) / 2, (OW + 1) / 2};
+}
+
+// Work is split into blocks of whole tile rows (n, ty), about this many tiles:
+// a block's V and M (16 * channels * P floats each) then stay in L2.
+constexpr int64_t kBlockTiles = 256;
+
+// U (16, Ko, Ci) = G g G^T for every filter g of w (K, C, 3, 3). With flip, the
+// filters of dx's convolution: g[c][k] = w[k][c] rotated 180 degrees (Ko = C, Ci = K).
+void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip) {
+  const int64_t Ko = flip ? C : K, Ci = flip ? K : C;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) {
+      const float* g = w + (k * C + c) * 9;
+      float f[3][3], t[4][3];
+      for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b) f[a][b] = flip ? g[(2 - a) * 3 + (2 - b)] : g[a * 3 + b];
+      for (int b = 0; b < 3; ++b) {  // t = G f
+        t[0][b] = f[0][b];
+        t[1][b] = 0.5f * (f[0][b] + f[1][b] + f[2][b]);
+        t[2][b] = 0.5f * (f[0][b] - f[1][b] + f[2][b]);
+        t[3][b] = f[2][b];
+      }
+      const int64_t o = flip ? c : k, i = flip ? k : c;
+      for (int a = 0; a < 4; ++a) {  // U = t G^T
+        const float u[4] = {t[a][0], 0.5f * (t[a][0] + t[a][1] + t[a][2]), 0.5f * (t[a][0] - t[a][1] + t[a][2]),
+                            t[a][2]};
+        for (int b = 0; b < 4; ++b) U[((a * 4 + b) * Ko + o) * Ci + i] = u[b];
+      }
+    }
+}
+
+// dw (K, C, 3, 3) = G^T dU G from dU (16, K, C): the adjoint of filter_transform.
+void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c) {
+      float u[4][4], t[3][4];
+      for (int xi = 0; xi < 16; ++xi) u[xi / 4][xi % 4] = dU[(xi * K + k) * C + c];
+      for (int b = 0; b < 4; ++b) {  // t = G^T u
+        t[0][b] = u[0][b] + 0.5f * (u[1][b] + u[2][b]);
+        t[1][b] = 0.5f * (u[1][b] - u[2][b]);
+        t[2][b] = 0.5f * (u[1][b] + u[2][b]) + u[3][b];
+      }
+      float* g = dw + (k * C + c) * 9;
+      for (int a = 0; a < 3; ++a) {  // dg = t G
+        g[a * 3 + 0] = t[a][0] + 0.5f * (t[a][1] + t[a][2]);
+        g[a * 3 + 1] = 0.5f * (t[a][1] - t[a][2]);
+        g[a * 3 + 2] = 0.5f * (t[a][1] + t[a][2]) + t[a][3];
+      }
+    }
+}
+
+// The 16 planes of V (16, C, P) or M (16, K, P) lie this far apart: one cache
+// line more than the plane, so the transforms' 16 streams do not all map to the
+// same L1 set (with the plane a multiple of 4 KiB they evict each other).
+int64_t plane_stride(int64_t channels, int64_t P) { return channels * P + 16; }
+
+// Row ih of a plane split into even and odd columns of the padded row:
+// E[t] = row[2t - pw], O[t] = row[2t + 1 - pw], t < T, zero outside [0, W)
+// (and everywhere when row is null: a padding row). Tile tx then reads the
+// four columns E[tx], O[tx], E[tx + 1], O[tx + 1]: contiguous, so the
+// transforms below vectorise.
+void split_row(float* __restrict E, float* __restrict O, const float* __restrict row, int64_t W, int64_t pw,
+               int64_t T) {
+  if (!row) {
+    std::fill_n(E, T, 0.0f), std::fill_n(O, T, 0.0f);
+    return;
+  }
+  auto edge = [&](int64_t t) {
+    const int64_t e = 2 * t - pw, o = e + 1;
+    E[t] = e >= 0 && e < W ? row[e] : 0.0f;
+    O[t] = o >= 0 && o < W ? row[o] : 0.0f;
+  };
+  // t in [lo, hi) has both columns inside the row: no tests there.
+  const int64_t lo = std::min(T, (pw + 1) / 2), hi = std::max(lo, std::min(T, (W + pw) / 2));
+  for (int64_t t = 0; t < lo; ++t) edge(t);
+  for (int64_t t = hi; t < T; ++t) edge(t);
+  const float* p = row - pw;
+  for (int64_t t = lo; t < hi; ++t) E[t] = p[2 * t], O[t] = p[2 * t + 1];
+}
+
+// V (16, C, P) = B^T d B for every tile of tile rows [r0, r1) of x (N, C, H, W).
+// s is scratch for 8 (TW + 1) floats.
+void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* s) {
+  const int64_t T = g.TW + 1, P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P);
+  float* __restrict e0 = s;
+  float *__restrict e1 = s + T, *__restrict e2 = s + 2 * T, *__restrict e3 = s + 3 * T;
+  float *__restrict o0 = s + 4 * T, *__restrict o1 = s + 5 * T, *__restrict o2 = s + 6 * T,
+        *__restrict o3 = s + 7 * T;
+  for (int64_t c = 0; c < g.C; ++c)
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.TH, ty = r % g.TH;
+      const float* plane = x + (n * g.C + c) * g.H * g.W;
+      for (int i = 0; i < 4; ++i) {
+        const int64_t ih = 2 * ty - g.ph + i;
+        split_row(s + i * T, s + (4 + i) * T, ih >= 0 && ih < g.H ? plane + ih * g.W : nullptr, g.W, g.pw, T);
+      }
+      float* __restrict v = V + c * P + (r - r0) * g.TW;
+#pragma omp simd
+      for (int64_t tx = 0; tx < g.TW; ++tx) {
+        // rows (B^T d) of the tile's four columns, then its columns ((B^T d) B)
+        const float a[4] = {e0[tx] - e2[tx], e1[tx] + e2[tx], e2[tx] - e1[tx], e1[tx] - e3[tx]};
+        const float b[4] = {o0[tx] - o2[tx], o1[tx] + o2[tx], o2[tx] - o1[tx], o1[tx] - o3[tx]};
+        const float c2[4] = {e0[tx + 1] - e2[tx + 1], e1[tx + 1] + e2[tx + 1], e2[tx + 1] - e1[tx + 1],
+                             e1[tx + 1] - e3[tx + 1]};
+        const float d[4] = {o0[tx + 1] - o2[tx + 1], o1[tx + 1] + o2[tx + 1], o2[tx + 1] - o1[tx + 1],
+                            o1[tx + 1] - o3[tx + 1]};
+        for (int i = 0; i < 4; ++i) {
+          v[(4 * i) * ld + tx] = a[i] - c2[i];
+          v[(4 * i + 1) * ld + tx] = b[i] + c2[i];
+          v[(4 * i + 2) * ld + tx] = c2[i] - b[i];
+          v[(4 * i + 3) * ld + tx] = b[i] - d[i];
+        }
+      }
+    }
+}
+
+// y (N, K, OH, OW) = A^T M A (+ bias) for tile rows [r0, r1), from M (16, K, P).
+// s is scratch for 4 TW floats.
+void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1,
+                      float* s) {
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), half = g.OW / 2;
+  float *__restrict y00 = s, *__restrict y01 = s + g.TW, *__restrict y10 = s + 2 * g.TW,
+        *__restrict y11 = s + 3 * g.TW;
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.TH, ty = r % g.TH;
+      const float* __restrict m = M + k * P + (r - r0) * g.TW;
+#pragma omp simd
+      for (int64_t tx = 0; tx < g.TW; ++tx) {
+        float S[4], R[4];  // rows: A^T M
+        for (int j = 0; j < 4; ++j) {
+          const float m0 = m[j * ld + tx], m1 = m[(4 + j) * ld + tx], m2 = m[(8 + j) * ld + tx],
+                      m3 = m[(12 + j) * ld + tx];
+          S[j] = m0 + m1 + m2, R[j] = m1 - m2 - m3;
+        }
+        y00[tx] = S[0] + S[1] + S[2], y01[tx] = S[1] - S[2] - S[3];  // columns: (A^T M) A
+        y10[tx] = R[0] + R[1] + R[2], y11[tx] = R[1] - R[2] - R[3];
+      }
+      const float b = bias ? bias[k] : 0.0f;
+      for (int a = 0; a < 2 && 2 * ty + a < g.OH; ++a) {
+        float* __restrict out = y + ((n * g.K + k) * g.OH + 2 * ty + a) * g.OW;
+        const float *__restrict even = a ? y10 : y00, *__restrict odd = a ? y11 : y01;
+        for (int64_t tx = 0; tx < half; ++tx) out[2 * tx] = even[tx] + b, out[2 * tx + 1] = odd[tx] + b;
+        if (g.OW & 1) out[g.OW - 1] = even[half] + b;  // the last tile's right column is outside
+      }
+    }
+}
+
+// dM (16, K, P) = A dY A^T for tile rows [r0, r1) of dy (N, K, OH, OW), the
+// adjoint of output_transform. s is scratch for 4 TW floats.
+void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_t r0, int64_t r1, float* s) {
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), half = g.OW / 2;
+  float *__restrict e0 = s, *__restrict o0 = s + g.TW, *__restrict e1 = s + 2 * g.TW,
+        *__restrict o1 = s + 3 * g.TW;
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.TH, ty = r % g.TH;
+      for (int a = 0; a < 2; ++a) {
+        const int64_t oh = 2 * ty + a;
+        float *__restrict e = a ? e1 : e0, *__restrict o = a ? o1 : o0;
+        if (oh >= g.OH) {  // below the last output row
+          std::fill_n(e, g.TW, 0.0f), std::fill_n(o, g.TW, 0.0f);
+          continue;
+        }
+        const float* __restrict row = dy + ((n * g.K + k) * g.OH + oh) * g.OW;
+        for (int64_t tx = 0; tx < half; ++tx) e[tx] = row[2 * tx], o[tx] = row[2 * tx + 1];
+        if (g.OW & 1) e[half] = row[g.OW - 1], o[half] = 0.0f;
+      }
+      float* __restrict m = dM + k * P + (r - r0) * g.TW;
+#pragma omp simd
+      for (int64_t tx = 0; tx < g.TW; ++tx) {
+        // rows: A dY = (y0, y0 + y1, y0 - y1, -y1); columns likewise
+        const float qe[4] = {e0[tx], e0[tx] + e1[tx], e0[tx] - e1[tx], -e1[tx]};
+        const float qo[4] = {o0[tx], o0[tx] + o1[tx], o0[tx] - o1[tx], -o1[tx]};
+        for (int i = 0; i < 4; ++i) {
+          m[(4 * i) * ld + tx] = qe[i];
+          m[(4 * i + 1) * ld + tx] = qe[i] + qo[i];
+          m[(4 * i + 2) * ld + tx] = qe[i] - qo[i];
+          m[(4 * i + 3) * ld + tx] = -qo[i];
+        }
+      }
+    }
+}
+
+// The blocks of tile rows: block i is rows [i * rows_per_block, ...).
+struct Blocks {
+  int64_t rows, per_block, count, max_tiles;
+  explicit Blocks(const Geom& g)
+      : rows(g.N * g.TH),
+        per_block(std::max<int64_t>(1, kBlockTiles / g.TW)),
+        count((rows + per_block - 1) / per_block),
+        max_tiles(std::min(rows, per_block) * g.TW) {}
+  int64_t begin(int64_t i) const { return i * per_block; }
+  int64_t end(int64_t i) const { return std::min(rows, (i + 1) * per_block); }
+};
+
+// Threads over blocks, each with its own buffers and a single-threaded sgemm.
+int threads_for(const Blocks& b) { return int(std::min<int64_t>(omp_get_max_threads(), b.count)); }
+
+// y = the convolution of x with the transformed filters U (16, K, C), + bias.
+void winograd_conv(float* y, const float* x, const float* U, const float* bias, const Geom& g) {
+  const Blocks blocks(g);
+  const int T = threads_for(blocks);
+  const int64_t Pm = blocks.max_tiles, Vn = 16 * plane_stride(g.C, Pm), Mn = 16 * plane_stride(g.K, Pm);
+  const int64_t per_thread = Vn + Mn + 8 * (g.TW + 1);
+  Tensor buf = empty({T * per_thread});  // the caching allocator hands the same memory back next call
+  std::optional<BlasThreads> one_thread;
+  if (T > 1) one_thread.emplace(1);
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+  for (int64_t i = 0; i < blocks.count; ++i) {
+    float* V = buf.data_ptr() + omp_get_thread_num() * per_thread;
+    float *M = V + Vn, *s = M + Mn;
+    const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
+    const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
+    input_transform(V, x, g, r0, r1, s);
+    for (int xi = 0; xi < 16; ++xi)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.K), int(P), int(g.C), 1.0f, U + xi * g.K * g.C,
+                  int(g.C), V + xi * ldV, int(P), 0.0f, M + xi * ldM, int(P));
+    output_transform(y, M, bias, g, r0, r1, s);
+  }
+}
+
+}  // namespace
+
+bool conv2d_winograd_applies(const ConvShape& s) {
+  // NORMA_WINOGRAD=0 turns it off (to measure what it buys, or to rule it out).
+  static const bool enabled = [] {
+    const char* v = std::getenv("NORMA_WINOGRAD");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  // Few channels leave the 16 products too thin to beat im2col's one (the RGB input layer).
+  return enabled && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+         s.groups == 1 && s.N > 0 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16;
+}
+
+void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw);
+  Tensor U = empty({16 * s.K * s.C});
+  filter_transform(U.data_ptr(), w, s.K, s.C, false);
+  winograd_conv(y, x, U.data_ptr(), b, g);
+}
+
+void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                              const ConvShape& s) {
+  if (dx) {  // dx = dy convolved with the flipped, channel-swapped filters, padding 2 - p
+    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw);
+    Tensor U = empty({16 * s.C * s.K});
+    filter_transform(U.data_ptr(), w, s.K, s.C, true);
+    winograd_conv(dx, dy, U.data_ptr(), nullptr, gx);
+  }
+  if (!dw) return;
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw);
+  const Blocks blocks(g);
+  const int T = threads_for(blocks);
+  const int64_t Pm = blocks.max_tiles, KC = 16 * g.K * g.C;
+  const int64_t Vn = 16 * plane_stride(g.C, Pm), Mn = 16 * plane_stride(g.K, Pm);
+  const int64_t per_thread = Vn + Mn + 8 * (g.TW + 1);
+  Tensor buf = empty({T * per_thread});
+  // Each thread sums its blocks' dU into its own slice; the slices are added in
+  // thread order afterwards, so the result is the same every run.
+  Tensor dU = zeros({T * KC});
+  std::optional<BlasThreads> one_thread;
+  if (T > 1) one_thread.emplace(1);
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+  for (int64_t i = 0; i < blocks.count; ++i) {
+    const int t = omp_get_thread_num();
+    float* V = buf.data_ptr() + t * per_thread;
+    float *dM = V + Vn, *s = dM + Mn, *dUt = dU.data_ptr() + t * KC;
+    const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
+    const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
+    input_transform(V, x, g, r0, r1, s);
+    output_transform_backward(dM, dy, g, r0, r1, s);
+    for (int xi = 0; xi < 16; ++xi)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g.K), int(g.C), int(P), 1.0f, dM + xi * ldM,
+                  int(P), V + xi * ldV, int(P), 1.0f, dUt + xi * g.K * g.C, int(g.C));
+  }
+  float* sum = dU.data_ptr();
+  for (int t = 1; t < T; ++t)
+    for (int64_t j = 0; j < KC; ++j) sum[j] += sum[t * KC + j];
+  filter_transform_backward(dw, sum, g.K, g.C);
+}
+
+}  // namespace norma::nn
