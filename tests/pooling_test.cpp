@@ -83,6 +83,40 @@ TEST_CASE("adaptive_avg_pool2d: known values") {
   CHECK(adaptive_avg_pool2d(arange(2).reshape({1, 1, 1, 2}), {1, 4}).to_vector() == std::vector<float>{0, 0, 1, 1});
 }
 
+TEST_CASE("max_pool2d: the 2x2 stride-2 path chooses as the general rule does, ties and NaN included") {
+  // Few distinct values give many ties; some NaNs; odd sizes drop the last row and column.
+  manual_seed(13);
+  const int64_t N = 3, C = 5, H = 9, W = 11, OH = 4, OW = 5;
+  std::vector<float> v(size_t(N * C * H * W));
+  for (float& f : v) f = random_u32() % 17 == 0 ? NAN : float(random_u32() % 3);
+  Tensor x = from_vector(v, {N, C, H, W}).requires_grad_();
+  Tensor y = max_pool2d(x, 2);
+  Tensor dy = randn({N, C, OH, OW});
+  y.backward(dy);
+  std::vector<float> y_ref, dx_ref(v.size(), 0.0f);
+  const std::vector<float> g = dy.to_vector();
+  for (int64_t p = 0; p < N * C; ++p)
+    for (int64_t oh = 0; oh < OH; ++oh)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        float best = -INFINITY;  // the rule: a strictly larger value or a NaN takes over
+        int64_t arg = -1;
+        for (int64_t i : {2 * oh * W + 2 * ow, 2 * oh * W + 2 * ow + 1, (2 * oh + 1) * W + 2 * ow,
+                          (2 * oh + 1) * W + 2 * ow + 1}) {
+          const float f = v[size_t(p * H * W + i)];
+          if (arg < 0 || f > best || std::isnan(f)) best = f, arg = i;
+        }
+        y_ref.push_back(best);
+        dx_ref[size_t(p * H * W + arg)] += g[size_t((p * OH + oh) * OW + ow)];
+      }
+  const std::vector<float> got = y.to_vector();
+  REQUIRE(got.size() == y_ref.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    CAPTURE(i);
+    CHECK((std::isnan(got[i]) ? std::isnan(y_ref[i]) : got[i] == y_ref[i]));
+  }
+  CHECK(x.grad().to_vector() == dx_ref);
+}
+
 TEST_CASE("pooling: ops match reductions over reshaped windows, on the parallel path") {
   // 8*16*32*32 elements is above the OpenMP grain, so the planes run in parallel.
   manual_seed(11);
