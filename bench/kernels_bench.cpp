@@ -12,6 +12,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <norma/norma.h>
@@ -113,9 +114,17 @@ int main(int argc, char** argv) {
                   first ? flop : 2 * flop, {}});
   }
 
-  for (Measure& m : ms) seconds_per_call(m.run, 1);  // warm-up: pools, caches, pages
+  // After its sgemm, OpenBLAS's threads keep spinning for a while; the next
+  // measurement would share the cores with them (BatchNorm2d NCHW, measured
+  // next, ran at half speed in some runs). A pause lets them go to sleep.
+  auto measure = [&](Measure& m, int n) {
+    const double sec = seconds_per_call(m.run, n);
+    if (&m == &ms[1]) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    return sec;
+  };
+  for (Measure& m : ms) measure(m, 1);  // warm-up: pools, caches, pages
   for (int r = 0; r < rounds; ++r)
-    for (Measure& m : ms) m.seconds.push_back(seconds_per_call(m.run, reps));
+    for (Measure& m : ms) m.seconds.push_back(measure(m, reps));
 
   const double copy_gbs = ms[0].work / median(ms[0].seconds) * 1e-9;
   const double gemm_gflops = ms[1].work / median(ms[1].seconds) * 1e-9;

@@ -53,6 +53,12 @@ Tensor unary_kernel(const Tensor& x, const char* op, F f) {
   Tensor out = empty(x.shape());
   float* o = out.data_ptr();
   const float* px = x.storage()->data + x.storage_offset();
+  if (x.is_contiguous()) {  // the common case: one flat loop over both cores
+    const int64_t n = x.numel();
+#pragma omp parallel for schedule(static) if (n >= detail::kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) o[i] = f(px[i]);
+    return out;
+  }
   detail::for_each_row<2>(x.shape(), {out.strides(), x.strides()}, [&](auto off, int64_t n, auto st) {
     float* r = o + off[0];
     const float* v = px + off[1];
@@ -206,7 +212,15 @@ Tensor relu(const Tensor& x) {
   Tensor out = unary_kernel(x, "relu", [](float v) { return v > 0 ? v : 0.0f; });
   Tensor y = out.detach();
   record(out, "relu", {x}, [x, y](const Tensor& d) {
-    accumulate(x, mul(d, unary_kernel(y, "relu", [](float v) { return float(v > 0); })));
+    // dx = d where y > 0, else 0 (0 also for a NaN or infinite d there, as
+    // PyTorch's threshold_backward): one pass, where a mask and a mul took two.
+    Tensor dc = d.contiguous(), dx = empty(y.shape());
+    const float *g = dc.data_ptr(), *py = y.data_ptr();
+    float* o = dx.data_ptr();
+    const int64_t n = dx.numel();
+#pragma omp parallel for simd schedule(static) if (n >= detail::kParallelGrain)
+    for (int64_t i = 0; i < n; ++i) o[i] = py[i] > 0 ? g[i] : 0.0f;
+    accumulate(x, dx);
   }, {y});
   return out;
 }
