@@ -351,3 +351,26 @@ TEST_CASE("ReLU(inplace): writes max(x, 0) over its input under NoGradGuard, on 
     NORMA_CHECK_CLOSE(y, expected, 0, 0);
   }
 }
+
+TEST_CASE("relu backward: the gradient passes where the output is positive and is 0 elsewhere, NaN included") {
+  // As PyTorch's threshold_backward: where(y > 0, dy, 0), so a NaN gradient
+  // reaching a zeroed unit stops there. Also on the parallel path.
+  for (int64_t n : {int64_t(4), int64_t(1) << 16}) {
+    CAPTURE(n);
+    std::vector<float> xv(static_cast<size_t>(n)), gv(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      xv[size_t(i)] = i % 4 == 0 ? 2.0f : i % 4 == 1 ? -1.0f : i % 4 == 2 ? 0.0f : 3.0f;
+      gv[size_t(i)] = i % 4 == 3 ? NAN : float(i % 7) + 1.0f;
+    }
+    gv[1] = NAN;  // at a negative input: must not come through
+    Tensor x = from_vector(xv, {n}).requires_grad_();
+    relu(x).backward(from_vector(gv, {n}));
+    const std::vector<float> dx = x.grad().to_vector();
+    int64_t wrong = 0;
+    for (size_t i = 0; i < size_t(n); ++i) {
+      const bool ok = xv[i] > 0 ? (std::isnan(gv[i]) ? std::isnan(dx[i]) : dx[i] == gv[i]) : dx[i] == 0.0f;
+      wrong += !ok;
+    }
+    CHECK(wrong == 0);
+  }
+}
