@@ -10,7 +10,9 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 
+#include "blas_threads.h"
 #include "iter.h"
 
 namespace norma {
@@ -444,6 +446,12 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     std::fill_n(out.data_ptr(), out.numel(), 0.0f);  // an empty sum
   } else if (n > 0 && m > 0) {
     BlasOperand A = blas_operand(a), B = blas_operand(b);
+    // A small product (a classifier head) runs on one thread: OpenBLAS's
+    // threads gain nothing there, and after a threaded call they spin for a
+    // while, taking cores from the OpenMP kernels that come next (cifar-small's
+    // first conv ran up to 4x slower after the linear layer's backward).
+    std::optional<BlasThreads> one_thread;
+    if (batch * n * m * k < (int64_t(1) << 22)) one_thread.emplace(1);
     for (int64_t i = 0; i < batch; ++i)
       cblas_sgemm(CblasRowMajor, A.trans, B.trans, int(n), int(m), int(k), 1.0f, A.data + i * A.batch_stride, A.ld,
                   B.data + i * B.batch_stride, B.ld, 0.0f, out.data_ptr() + i * n * m, int(m));

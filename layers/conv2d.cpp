@@ -11,7 +11,7 @@
 #include <optional>
 
 #include "../core/autograd.h"
-#include "blas_threads.h"
+#include "../core/blas_threads.h"
 #include "init.h"
 
 namespace norma::nn {

@@ -29,7 +29,7 @@
 #include <cstring>
 #include <optional>
 
-#include "blas_threads.h"
+#include "../core/blas_threads.h"
 #include "conv2d.h"
 
 namespace norma::nn {

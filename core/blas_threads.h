@@ -1,4 +1,4 @@
-// OpenBLAS's thread count for one scope (internal to the conv kernels).
+// OpenBLAS's thread count for one scope (internal to matmul and the conv kernels).
 //
 // The conv kernels split the batch across OpenMP threads, each calling a
 // single-threaded sgemm: one thread pool instead of OpenMP's and OpenBLAS's
@@ -7,7 +7,7 @@
 #pragma once
 #include <cblas.h>
 
-namespace norma::nn {
+namespace norma {
 
 struct BlasThreads {
   int saved;
@@ -17,4 +17,4 @@ struct BlasThreads {
   BlasThreads& operator=(const BlasThreads&) = delete;
 };
 
-}  // namespace norma::nn
+}  // namespace norma
