@@ -99,64 +99,60 @@ void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C)
 // same L1 set (with the plane a multiple of 4 KiB they evict each other).
 int64_t plane_stride(int64_t channels, int64_t P) { return channels * P + 16; }
 
-// Row ih of a plane split into even and odd columns of the padded row:
-// E[t] = row[2t - pw], O[t] = row[2t + 1 - pw], t < T, zero outside [0, W)
-// (and everywhere when row is null: a padding row). Tile tx then reads the
-// four columns E[tx], O[tx], E[tx + 1], O[tx + 1]: contiguous, so the
-// transforms below vectorise.
-void split_row(float* __restrict E, float* __restrict O, const float* __restrict row, int64_t W, int64_t pw,
-               int64_t T) {
-  if (!row) {
-    std::fill_n(E, T, 0.0f), std::fill_n(O, T, 0.0f);
-    return;
+// The tile rows [r0, r1) of a block, cut where the image changes: tile rows
+// [ty0, ty1) of image n, starting at block row r. f(n, ty0, ty1, r).
+template <class F>
+void for_each_image_segment(const Geom& g, int64_t r0, int64_t r1, F f) {
+  for (int64_t r = r0; r < r1;) {
+    const int64_t n = r / g.TH, ty0 = r % g.TH, ty1 = std::min(g.TH, ty0 + (r1 - r));
+    f(n, ty0, ty1, r);
+    r += ty1 - ty0;
   }
-  auto edge = [&](int64_t t) {
-    const int64_t e = 2 * t - pw, o = e + 1;
-    E[t] = e >= 0 && e < W ? row[e] : 0.0f;
-    O[t] = o >= 0 && o < W ? row[o] : 0.0f;
-  };
-  // t in [lo, hi) has both columns inside the row: no tests there.
-  const int64_t lo = std::min(T, (pw + 1) / 2), hi = std::max(lo, std::min(T, (W + pw) / 2));
-  for (int64_t t = 0; t < lo; ++t) edge(t);
-  for (int64_t t = hi; t < T; ++t) edge(t);
-  const float* p = row - pw;
-  for (int64_t t = lo; t < hi; ++t) E[t] = p[2 * t], O[t] = p[2 * t + 1];
 }
 
+// Scratch floats for input_transform: a zero-padded copy of the input rows
+// one block reads, 2 TW + 2 columns wide (every tile's four columns inside it).
+int64_t padded_width(const Geom& g) { return 2 * g.TW + 2; }
+int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (2 * tile_rows + 2) * padded_width(g); }
+
 // V (16, C, P) = B^T d B for every tile of tile rows [r0, r1) of x (N, C, H, W).
-// s is scratch for 8 (TW + 1) floats.
-void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* s) {
-  const int64_t T = g.TW + 1, P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P);
-  float* __restrict e0 = s;
-  float *__restrict e1 = s + T, *__restrict e2 = s + 2 * T, *__restrict e3 = s + 3 * T;
-  float *__restrict o0 = s + 4 * T, *__restrict o1 = s + 5 * T, *__restrict o2 = s + 6 * T,
-        *__restrict o3 = s + 7 * T;
+// pad: padded_floats(g, r1 - r0) floats, zero on the first call for a geometry
+// (only the columns of the input are written, so the side padding stays zero).
+// Each plane's rows are copied in once, padding included; the transform then
+// reads tile columns 2tx..2tx+3 without bounds tests, and vectorises over tx.
+void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* pad) {
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P), Wp = padded_width(g);
   for (int64_t c = 0; c < g.C; ++c)
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.TH, ty = r % g.TH;
+    for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
       const float* plane = x + (n * g.C + c) * g.H * g.W;
-      for (int i = 0; i < 4; ++i) {
-        const int64_t ih = 2 * ty - g.ph + i;
-        split_row(s + i * T, s + (4 + i) * T, ih >= 0 && ih < g.H ? plane + ih * g.W : nullptr, g.W, g.pw, T);
+      for (int64_t l = 0; l < 2 * (ty1 - ty0) + 2; ++l) {
+        const int64_t ih = 2 * ty0 - g.ph + l;
+        float* dst = pad + l * Wp + g.pw;
+        if (ih >= 0 && ih < g.H)
+          std::copy_n(plane + ih * g.W, g.W, dst);
+        else
+          std::fill_n(dst, g.W, 0.0f);
       }
-      float* __restrict v = V + c * P + (r - r0) * g.TW;
+      for (int64_t ty = ty0; ty < ty1; ++ty) {
+        const float* __restrict d0 = pad + 2 * (ty - ty0) * Wp;
+        const float *__restrict d1 = d0 + Wp, *__restrict d2 = d1 + Wp, *__restrict d3 = d2 + Wp;
+        float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
 #pragma omp simd
-      for (int64_t tx = 0; tx < g.TW; ++tx) {
-        // rows (B^T d) of the tile's four columns, then its columns ((B^T d) B)
-        const float a[4] = {e0[tx] - e2[tx], e1[tx] + e2[tx], e2[tx] - e1[tx], e1[tx] - e3[tx]};
-        const float b[4] = {o0[tx] - o2[tx], o1[tx] + o2[tx], o2[tx] - o1[tx], o1[tx] - o3[tx]};
-        const float c2[4] = {e0[tx + 1] - e2[tx + 1], e1[tx + 1] + e2[tx + 1], e2[tx + 1] - e1[tx + 1],
-                             e1[tx + 1] - e3[tx + 1]};
-        const float d[4] = {o0[tx + 1] - o2[tx + 1], o1[tx + 1] + o2[tx + 1], o2[tx + 1] - o1[tx + 1],
-                            o1[tx + 1] - o3[tx + 1]};
-        for (int i = 0; i < 4; ++i) {
-          v[(4 * i) * ld + tx] = a[i] - c2[i];
-          v[(4 * i + 1) * ld + tx] = b[i] + c2[i];
-          v[(4 * i + 2) * ld + tx] = c2[i] - b[i];
-          v[(4 * i + 3) * ld + tx] = b[i] - d[i];
+        for (int64_t tx = 0; tx < g.TW; ++tx) {
+          float t[4][4];  // rows: B^T d, for each of the tile's four columns j
+          for (int j = 0; j < 4; ++j) {
+            const int64_t q = 2 * tx + j;
+            t[0][j] = d0[q] - d2[q], t[1][j] = d1[q] + d2[q], t[2][j] = d2[q] - d1[q], t[3][j] = d1[q] - d3[q];
+          }
+          for (int i = 0; i < 4; ++i) {  // columns: (B^T d) B
+            v[(4 * i) * ld + tx] = t[i][0] - t[i][2];
+            v[(4 * i + 1) * ld + tx] = t[i][1] + t[i][2];
+            v[(4 * i + 2) * ld + tx] = t[i][2] - t[i][1];
+            v[(4 * i + 3) * ld + tx] = t[i][1] - t[i][3];
+          }
         }
       }
-    }
+    });
 }
 
 // y (N, K, OH, OW) = A^T M A (+ bias) for tile rows [r0, r1), from M (16, K, P).
@@ -242,22 +238,40 @@ struct Blocks {
 // Threads over blocks, each with its own buffers and a single-threaded sgemm.
 int threads_for(const Blocks& b) { return int(std::min<int64_t>(omp_get_max_threads(), b.count)); }
 
+// Each thread's buffers: V (16 planes of C x P), M or dM (16 planes of K x P),
+// the padded input rows (zeroed here, once) and 4 TW floats of scratch. From
+// the caching allocator, which hands the same memory back next call.
+struct Workspace {
+  int64_t Vn, Mn, padn, per_thread;
+  Tensor buf;
+  Workspace(const Geom& g, const Blocks& b, int T)
+      : Vn(16 * plane_stride(g.C, b.max_tiles)),
+        Mn(16 * plane_stride(g.K, b.max_tiles)),
+        padn(padded_floats(g, std::min(b.rows, b.per_block))),
+        per_thread(Vn + Mn + padn + 4 * g.TW),
+        buf(empty({T * per_thread})) {
+    for (int t = 0; t < T; ++t) std::fill_n(pad(t), padn, 0.0f);
+  }
+  float* V(int t) const { return buf.data_ptr() + t * per_thread; }
+  float* M(int t) const { return V(t) + Vn; }
+  float* pad(int t) const { return M(t) + Mn; }
+  float* scratch(int t) const { return pad(t) + padn; }
+};
+
 // y = the convolution of x with the transformed filters U (16, K, C), + bias.
 void winograd_conv(float* y, const float* x, const float* U, const float* bias, const Geom& g) {
   const Blocks blocks(g);
   const int T = threads_for(blocks);
-  const int64_t Pm = blocks.max_tiles, Vn = 16 * plane_stride(g.C, Pm), Mn = 16 * plane_stride(g.K, Pm);
-  const int64_t per_thread = Vn + Mn + 8 * (g.TW + 1);
-  Tensor buf = empty({T * per_thread});  // the caching allocator hands the same memory back next call
+  const Workspace ws(g, blocks, T);
   std::optional<BlasThreads> one_thread;
   if (T > 1) one_thread.emplace(1);
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
   for (int64_t i = 0; i < blocks.count; ++i) {
-    float* V = buf.data_ptr() + omp_get_thread_num() * per_thread;
-    float *M = V + Vn, *s = M + Mn;
+    const int t = omp_get_thread_num();
+    float *V = ws.V(t), *M = ws.M(t), *s = ws.scratch(t);
     const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
-    input_transform(V, x, g, r0, r1, s);
+    input_transform(V, x, g, r0, r1, ws.pad(t));
     for (int xi = 0; xi < 16; ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.K), int(P), int(g.C), 1.0f, U + xi * g.K * g.C,
                   int(g.C), V + xi * ldV, int(P), 0.0f, M + xi * ldM, int(P));
@@ -297,10 +311,8 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
   const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw);
   const Blocks blocks(g);
   const int T = threads_for(blocks);
-  const int64_t Pm = blocks.max_tiles, KC = 16 * g.K * g.C;
-  const int64_t Vn = 16 * plane_stride(g.C, Pm), Mn = 16 * plane_stride(g.K, Pm);
-  const int64_t per_thread = Vn + Mn + 8 * (g.TW + 1);
-  Tensor buf = empty({T * per_thread});
+  const int64_t KC = 16 * g.K * g.C;
+  const Workspace ws(g, blocks, T);
   // Each thread sums its blocks' dU into its own slice; the slices are added in
   // thread order afterwards, so the result is the same every run.
   Tensor dU = zeros({T * KC});
@@ -309,11 +321,10 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
   for (int64_t i = 0; i < blocks.count; ++i) {
     const int t = omp_get_thread_num();
-    float* V = buf.data_ptr() + t * per_thread;
-    float *dM = V + Vn, *s = dM + Mn, *dUt = dU.data_ptr() + t * KC;
+    float *V = ws.V(t), *dM = ws.M(t), *s = ws.scratch(t), *dUt = dU.data_ptr() + t * KC;
     const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
-    input_transform(V, x, g, r0, r1, s);
+    input_transform(V, x, g, r0, r1, ws.pad(t));
     output_transform_backward(dM, dy, g, r0, r1, s);
     for (int xi = 0; xi < 16; ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(g.K), int(g.C), int(P), 1.0f, dM + xi * ldM,
