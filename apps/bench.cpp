@@ -32,8 +32,12 @@ std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, 
   for (const auto& [name, layer] : seq.named_children()) {
     std::vector<double> fwd, bwd;
     Tensor y;
+    // The first layer's input is the data, which needs no gradient in a real
+    // step: its backward then computes only the parameters' gradients (for a
+    // Conv2d, dw without dx). Layers after it get the gradient of their input.
+    const bool data_input = out.empty() && !layer->parameters().empty();
     for (int64_t r = 0; r < reps; ++r) {
-      Tensor xi = x.detach().requires_grad_();
+      Tensor xi = data_input ? x.detach() : x.detach().requires_grad_();
       auto t0 = Clock::now();
       y = layer->forward(xi);
       fwd.push_back(ms_since(t0));
