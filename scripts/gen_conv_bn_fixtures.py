@@ -93,6 +93,12 @@ def main():
         "bn_train_noaffine_batch1": bn_case((1, 2, 3, 3), False, True, 0.1, 2),
         "bn_train_cumulative": bn_case((3, 2, 2, 2), True, True, None, 4),
         "bn_eval_affine": bn_case((2, 3, 2, 3), True, False, 0.1, 3),
+        # Shapes that Norma's conv2d runs through Winograd F(2x2, 3x3) (>= 16 channels,
+        # 3x3, stride 1): odd output sizes, paddings 0, 1 and 2. Last, so the cases
+        # above keep their random draws.
+        "conv_winograd_pad1": conv_case(2, 16, 6, 5, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1, True),
+        "conv_winograd_pad0_odd": conv_case(1, 16, 7, 8, 20, (3, 3), (1, 1), (0, 0), (1, 1), 1, False),
+        "conv_winograd_pad2": conv_case(1, 17, 4, 5, 16, (3, 3), (1, 1), (2, 2), (1, 1), 1, True),
     }
     tmp = OUT + ".tmp"
     with open(tmp, "w") as f:
