@@ -116,8 +116,8 @@ int64_t padded_width(const Geom& g) { return 2 * g.TW + 2; }
 int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (2 * tile_rows + 2) * padded_width(g); }
 
 // V (16, C, P) = B^T d B for every tile of tile rows [r0, r1) of x (N, C, H, W).
-// pad: padded_floats(g, r1 - r0) floats, zero on the first call for a geometry
-// (only the columns of the input are written, so the side padding stays zero).
+// pad: the thread's padded rows from its Workspace, zeroed when that was made
+// (only the columns of the input are written here, so the side padding stays zero).
 // Each plane's rows are copied in once, padding included; the transform then
 // reads tile columns 2tx..2tx+3 without bounds tests, and vectorises over tx.
 void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* pad) {
