@@ -1,6 +1,7 @@
 #include "activation.h"
 
 #include "../core/autograd.h"
+#include "../core/iter.h"
 
 namespace norma::nn {
 
@@ -13,7 +14,7 @@ Tensor ReLU::forward(const Tensor& x) {
   // quarter of `norma eval`'s time (perf).
   float* p = x.data_ptr();
   const int64_t n = x.numel();
-#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+#pragma omp parallel for schedule(static) if (n >= detail::kParallelGrain)  // as relu's
   for (int64_t i = 0; i < n; ++i) p[i] = p[i] > 0 ? p[i] : 0.0f;
   x.storage()->version++;  // an in-place write
   return x;
