@@ -25,11 +25,16 @@ double median(std::vector<double> v) {
 }
 
 // Forward and backward time of each child of a Sequential, run one layer at a
-// time on the activations a real forward produces (training mode).
+// time on the activations a real forward produces (training mode). A
+// BatchNorm2d and the ReLU after it run fused, as in Sequential::forward: one
+// row named "1+2".
 std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, int64_t reps) {
   std::vector<LayerTime> out;
+  const auto children = seq.named_children();
   Tensor x = input;
-  for (const auto& [name, layer] : seq.named_children()) {
+  for (size_t i = 0; i < children.size(); ++i) {
+    const auto& [name, layer] = children[i];
+    const bool fused = i + 1 < children.size() && nn::fuses_with_relu(*layer, *children[i + 1].second);
     std::vector<double> fwd, bwd;
     Tensor y;
     // The first layer's input is the data, which needs no gradient in a real
@@ -39,7 +44,7 @@ std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, 
     for (int64_t r = 0; r < reps; ++r) {
       Tensor xi = data_input ? x.detach() : x.detach().requires_grad_();
       auto t0 = Clock::now();
-      y = layer->forward(xi);
+      y = fused ? static_cast<nn::BatchNorm2d&>(*layer).forward_relu(xi) : layer->forward(xi);
       fwd.push_back(ms_since(t0));
       Tensor dy = ones(y.shape());
       t0 = Clock::now();
@@ -47,7 +52,10 @@ std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, 
       bwd.push_back(ms_since(t0));
       layer->zero_grad();
     }
-    out.push_back({name, layer->name(), median(fwd), median(bwd)});
+    if (fused)
+      out.push_back({name + "+" + children[++i].first, layer->name() + "+ReLU", median(fwd), median(bwd)});
+    else
+      out.push_back({name, layer->name(), median(fwd), median(bwd)});
     x = y.detach();
   }
   return out;
@@ -124,11 +132,11 @@ std::string format_bench(const BenchResult& r) {
   if (r.layers.empty()) return s;
   double tf = 0, tb = 0;
   for (const auto& l : r.layers) tf += l.forward_ms, tb += l.backward_ms;
-  s += fmt::format("\n{:<6} {:<14} {:>10} {:>10} {:>7}\n", "layer", "type", "fwd ms", "bwd ms", "share");
+  s += fmt::format("\n{:<6} {:<18} {:>10} {:>10} {:>7}\n", "layer", "type", "fwd ms", "bwd ms", "share");
   for (const auto& l : r.layers)
-    s += fmt::format("{:<6} {:<14} {:>10.2f} {:>10.2f} {:>6.1f}%\n", l.name, l.type, l.forward_ms, l.backward_ms,
+    s += fmt::format("{:<6} {:<18} {:>10.2f} {:>10.2f} {:>6.1f}%\n", l.name, l.type, l.forward_ms, l.backward_ms,
                      100 * (l.forward_ms + l.backward_ms) / (tf + tb));
-  s += fmt::format("{:<6} {:<14} {:>10.2f} {:>10.2f}\n", "total", "", tf, tb);
+  s += fmt::format("{:<6} {:<18} {:>10.2f} {:>10.2f}\n", "total", "", tf, tb);
   return s;
 }
 

@@ -5,11 +5,15 @@
 
 #include <omp.h>
 
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <typeinfo>
 #include <vector>
 
 #include "../core/autograd.h"
+#include "activation.h"
 #include "batchnorm_sync.h"
 
 namespace norma::nn {
@@ -37,38 +41,129 @@ void nhwc_channel_sums(double* out, int64_t rows, int64_t width, F add_row) {
   }
 }
 
-// Per-channel sums over an NCHW tensor, f(value) summed in double: one channel
-// per iteration, its N planes contiguous. simd lets the sum be split across
-// vector lanes; without it every add waits for the one before and the pass
-// runs at a quarter of its speed. (f takes the value, not an index: an indexed
-// term made the compiler gather element by element.)
+// Sum of f(value, c) over channel c of an NCHW tensor, in double: its N planes
+// are contiguous runs of HW floats. simd lets the sum be split across vector
+// lanes; without it every add waits for the one before and the pass runs at a
+// quarter of its speed. (f takes the value, not an index: an indexed term made
+// the compiler gather element by element.)
+template <class F>
+double nchw_channel_sum(const float* x, int64_t c, int64_t N, int64_t C, int64_t HW, F f) {
+  double s = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const float* p = x + (n * C + c) * HW;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < HW; ++i) s += f(p[i], c);
+  }
+  return s;
+}
+
+// The same for every channel, threads over channels.
 template <class F>
 void nchw_channel_sums(double* out, const float* x, int64_t N, int64_t C, int64_t HW, F f) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
-  for (int64_t c = 0; c < C; ++c) {
-    double s = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      const float* p = x + (n * C + c) * HW;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < HW; ++i) s += f(p[i], c);
-    }
-    out[c] = s;
+  for (int64_t c = 0; c < C; ++c) out[c] = nchw_channel_sum(x, c, N, C, HW, f);
+}
+
+// mean and var (biased) of channel c of an NCHW tensor: two passes, or
+// BrainPy's one (E[x^2] - E[x]^2, clamped at 0).
+void nchw_channel_stats(double& mean, double& var, const float* x, int64_t c, int64_t N, int64_t C, int64_t HW,
+                        VarianceMethod method) {
+  const double M = double(N * HW);
+  mean = nchw_channel_sum(x, c, N, C, HW, [](float v, int64_t) { return double(v); }) / M;
+  if (method == VarianceMethod::two_pass) {
+    const double m = mean;
+    var = nchw_channel_sum(x, c, N, C, HW, [m](float v, int64_t) {
+            const double d = v - m;
+            return d * d;
+          }) / M;
+  } else {
+    var = nchw_channel_sum(x, c, N, C, HW, [](float v, int64_t) { return double(v) * v; }) / M;
+    var = std::max(0.0, var - mean * mean);
   }
+}
+
+// The normalisation of one run of values of a channel: y = (x - m) * scale + shift,
+// then max(y, 0) with the fused ReLU (NaN gives 0, as relu). y may be x.
+void normalize_run(float* y, const float* x, double m, double scale, double shift, int64_t n, bool relu) {
+  if (relu)
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = float((x[i] - m) * scale + shift);
+      y[i] = v > 0 ? v : 0.0f;
+    }
+  else
+    for (int64_t i = 0; i < n; ++i) y[i] = float((x[i] - m) * scale + shift);
+}
+
+// g where the fused ReLU's output r is positive, else 0 (0 also for a NaN g, as
+// ReLU's backward gives): a bit mask, since a select (r > 0 ? g : 0) kept the
+// loops around it from vectorising ("control flow in loop").
+inline float relu_masked(float g, float r) {
+  return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(r > 0));
+}
+
+// sum(dy) and sum(dy (x - mean)) over channel c of NCHW tensors, in one sweep,
+// (x - mean) formed per element (sum(dy x) - mean sum(dy) would cancel). With
+// relu_y (the fused ReLU's output), dy counts only where relu_y > 0.
+void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const float* x, const float* relu_y,
+                    double m, int64_t c, int64_t N, int64_t C, int64_t HW) {
+  double a = 0, b = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t o = (n * C + c) * HW;
+    const float *g = dy + o, *xp = x + o;
+    if (relu_y) {
+      const float* r = relu_y + o;
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t i = 0; i < HW; ++i) {
+        const float gi = relu_masked(g[i], r[i]);
+        a += gi, b += gi * (xp[i] - m);
+      }
+    } else {
+#pragma omp simd reduction(+ : a, b)
+      for (int64_t i = 0; i < HW; ++i) a += g[i], b += g[i] * (xp[i] - m);
+    }
+  }
+  sum_dy = a, sum_dy_xc = b;
+}
+
+// Per-channel constants of dx = k (dy - mean_dy - (x - mean) q) (see batchnorm2d_backward_dx).
+struct DxCoefficients {
+  double k, mean_dy, q;
+};
+DxCoefficients dx_coefficients(double invstd, const float* gamma, int64_t c, double sum_dy, double sum_dy_xhat,
+                               double M, bool batch_stats) {
+  return {invstd * (gamma ? gamma[c] : 1.0f), batch_stats ? sum_dy / M : 0.0,
+          batch_stats ? invstd * sum_dy_xhat / M : 0.0};
+}
+
+// dx over one run of values of a channel. Without batch_stats x plays no part
+// (and an infinite x must not turn dx into NaN). relu_y as in nchw_grad_sums.
+void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp,
+            const float* __restrict r, DxCoefficients k, double m, int64_t n, bool batch_stats) {
+  if (r && batch_stats)
+    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * (relu_masked(g[i], r[i]) - k.mean_dy - (xp[i] - m) * k.q));
+  else if (r)
+    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * relu_masked(g[i], r[i]));
+  else if (batch_stats)
+    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * (g[i] - k.mean_dy - (xp[i] - m) * k.q));
+  else
+    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * g[i]);
 }
 
 }  // namespace
 
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method) {
-  // Sums of f(x[i], channel of i) per channel, in either layout.
+  if (layout == Layout::NCHW) {  // threads over channels, each channel's passes one after the other
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t c = 0; c < C; ++c) nchw_channel_stats(mean[c], var[c], x, c, N, C, HW, method);
+    return;
+  }
+  // NHWC: sums of f(x[i], channel of i), a row of C accumulators per thread.
   auto sums = [&](double* out, auto f) {
-    if (layout == Layout::NCHW)
-      nchw_channel_sums(out, x, N, C, HW, f);
-    else
-      nhwc_channel_sums(out, N * HW, C, [&](double* __restrict acc, int64_t r) {
-        const float* __restrict p = x + r * C;
-        for (int64_t c = 0; c < C; ++c) acc[c] += f(p[c], c);
-      });
+    nhwc_channel_sums(out, N * HW, C, [&](double* __restrict acc, int64_t r) {
+      const float* __restrict p = x + r * C;
+      for (int64_t c = 0; c < C; ++c) acc[c] += f(p[c], c);
+    });
   };
   const double M = double(N * HW);
   sums(mean, [](float v, int64_t) { return double(v); });
@@ -86,17 +181,15 @@ void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int
 }
 
 void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
-                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout) {
-  // y = x * scale + shift with scale = gamma * invstd and shift = beta - mean * scale,
-  // except that x - mean is formed in double so |mean| >> std loses nothing.
+                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout, bool relu) {
+  // y = x * scale + shift with scale = gamma * invstd and shift = beta, except
+  // that x - mean is formed in double so |mean| >> std loses nothing.
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t c = p % C;
-      const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f, m = mean[c];
-      const float* xp = x + p * HW;
-      float* yp = y + p * HW;
-      for (int64_t i = 0; i < HW; ++i) yp[i] = float((xp[i] - m) * scale + shift);
+      const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f;
+      normalize_run(y + p * HW, x + p * HW, mean[c], scale, shift, HW, relu);
     }
   } else {
     std::vector<double> scale(C), shift(C);
@@ -107,86 +200,126 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
       const float* __restrict xp = x + r * C;
       float* __restrict yp = y + r * C;
       for (int64_t c = 0; c < C; ++c) yp[c] = float((xp[c] - mean[c]) * sc[c] + sh[c]);
+      if (relu)
+        for (int64_t c = 0; c < C; ++c) yp[c] = yp[c] > 0 ? yp[c] : 0.0f;
     }
+  }
+}
+
+void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invstd, const float* x, const float* gamma,
+                               const float* beta, double eps, int64_t N, int64_t C, int64_t HW, Layout layout,
+                               VarianceMethod method, bool relu) {
+  if (layout == Layout::NHWC) {  // a channel is every C-th float: nothing to gain from going channel by channel
+    batchnorm2d_stats(mean, var, x, N, C, HW, layout, method);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    batchnorm2d_forward(y, x, mean, invstd, gamma, beta, N, C, HW, layout, relu);
+    return;
+  }
+  // NCHW, a channel at a time: its statistics, then its normalisation while its
+  // planes are still in L2 (a channel of a (128, 64, 32, 32) batch is 512 KiB),
+  // so x comes from memory once where the two kernels one after the other read it
+  // three times.
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+  for (int64_t c = 0; c < C; ++c) {
+    nchw_channel_stats(mean[c], var[c], x, c, N, C, HW, method);
+    invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f;
+    for (int64_t n = 0; n < N; ++n)
+      normalize_run(y + (n * C + c) * HW, x + (n * C + c) * HW, mean[c], scale, shift, HW, relu);
   }
 }
 
 void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
                                  const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
-                                 Layout layout) {
-  // NCHW: both sums in one sweep over dy and x, (x - mean) formed per element
-  // (sum(dy x) - mean sum(dy) would cancel).
+                                 Layout layout, const float* relu_y) {
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
-      double a = 0, b = 0;
-      const double m = mean[c];
-      for (int64_t n = 0; n < N; ++n) {
-        const float *g = dy + (n * C + c) * HW, *xp = x + (n * C + c) * HW;
-#pragma omp simd reduction(+ : a, b)
-        for (int64_t i = 0; i < HW; ++i) a += g[i], b += g[i] * (xp[i] - m);
-      }
-      sum_dy[c] = a, sum_dy_xhat[c] = b * invstd[c];
+      nchw_grad_sums(sum_dy[c], sum_dy_xhat[c], dy, x, relu_y, mean[c], c, N, C, HW);
+      sum_dy_xhat[c] *= invstd[c];
     }
     return;
   }
   std::vector<double> sums(2 * C);  // sum(dy) per channel, then sum(dy (x - mean))
   nhwc_channel_sums(sums.data(), N * HW, 2 * C, [&](double* __restrict acc, int64_t r) {
     const float *__restrict g = dy + r * C, *__restrict xp = x + r * C;
-    for (int64_t c = 0; c < C; ++c) acc[c] += g[c], acc[C + c] += g[c] * (xp[c] - mean[c]);
+    if (relu_y) {
+      const float* __restrict ry = relu_y + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float gc = relu_masked(g[c], ry[c]);
+        acc[c] += gc, acc[C + c] += gc * (xp[c] - mean[c]);
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) acc[c] += g[c], acc[C + c] += g[c] * (xp[c] - mean[c]);
+    }
   });
   for (int64_t c = 0; c < C; ++c) sum_dy[c] = sums[c], sum_dy_xhat[c] = sums[C + c] * invstd[c];
 }
 
 void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
                              const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
-                             int64_t C, int64_t HW, Layout layout, bool batch_stats) {
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats, const float* relu_y) {
   // One pass: dx = k (dy - sum_dy/M - xhat sum_dy_xhat/M) with k = invstd * gamma and
   // xhat = (x - mean) invstd, or dx = k dy when the statistics were constants.
   // Per channel: dx = k (dy - mean_dy - (x - mean) q) with q = invstd sum_dy_xhat / M.
-  std::vector<double> k(C), mean_dy(C), q(C);
-  for (int64_t c = 0; c < C; ++c) {
-    k[c] = invstd[c] * (gamma ? gamma[c] : 1.0f);
-    mean_dy[c] = batch_stats ? sum_dy[c] / M : 0.0;
-    q[c] = batch_stats ? invstd[c] * sum_dy_xhat[c] / M : 0.0;
-  }
+  std::vector<DxCoefficients> k(C);
+  for (int64_t c = 0; c < C; ++c) k[c] = dx_coefficients(invstd[c], gamma, c, sum_dy[c], sum_dy_xhat[c], M, batch_stats);
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t c = p % C;
-      const double kc = k[c], mdy = mean_dy[c], qc = q[c], m = mean[c];
-      const float *g = dy + p * HW, *xp = x + p * HW;
-      float* d = dx + p * HW;
-      if (!batch_stats)  // x plays no part (and an infinite x must not turn dx into NaN)
-        for (int64_t i = 0; i < HW; ++i) d[i] = float(kc * g[i]);
-      else
-        for (int64_t i = 0; i < HW; ++i) d[i] = float(kc * (g[i] - mdy - (xp[i] - m) * qc));
+      dx_run(dx + p * HW, dy + p * HW, x + p * HW, relu_y ? relu_y + p * HW : nullptr, k[c], mean[c], HW,
+             batch_stats);
     }
-  } else {
+    return;
+  }
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
-    for (int64_t r = 0; r < N * HW; ++r) {
-      const float *__restrict g = dy + r * C, *__restrict xp = x + r * C;
-      float* __restrict d = dx + r * C;
-      if (!batch_stats)
-        for (int64_t c = 0; c < C; ++c) d[c] = float(k[c] * g[c]);
-      else
-        for (int64_t c = 0; c < C; ++c) d[c] = float(k[c] * (g[c] - mean_dy[c] - (xp[c] - mean[c]) * q[c]));
+  for (int64_t r = 0; r < N * HW; ++r) {
+    const float *g = dy + r * C, *__restrict xp = x + r * C;  // g may become d below: not restrict
+    float* __restrict d = dx + r * C;
+    if (relu_y) {  // dy through the fused ReLU first, into d, then dx over it
+      const float* __restrict ry = relu_y + r * C;
+      for (int64_t c = 0; c < C; ++c) d[c] = relu_masked(g[c], ry[c]);
+      g = d;
     }
+    if (batch_stats)
+      for (int64_t c = 0; c < C; ++c) d[c] = float(k[c].k * (g[c] - k[c].mean_dy - (xp[c] - mean[c]) * k[c].q));
+    else
+      for (int64_t c = 0; c < C; ++c) d[c] = float(k[c].k * g[c]);
   }
 }
 
 void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
                           const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats) {
+                          bool batch_stats, const float* relu_y) {
+  const double M = double(N * HW);
+  if (layout == Layout::NCHW && dx) {
+    // A channel at a time, as batchnorm2d_forward_train: its two sums, then its
+    // dx while its planes of dy and x are still in L2.
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+    for (int64_t c = 0; c < C; ++c) {
+      double sum_dy, sum_dy_xhat;
+      nchw_grad_sums(sum_dy, sum_dy_xhat, dy, x, relu_y, mean[c], c, N, C, HW);
+      sum_dy_xhat *= invstd[c];
+      if (dbeta) dbeta[c] = float(sum_dy);
+      if (dgamma) dgamma[c] = float(sum_dy_xhat);
+      const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t o = (n * C + c) * HW;
+        dx_run(dx + o, dy + o, x + o, relu_y ? relu_y + o : nullptr, k, mean[c], HW, batch_stats);
+      }
+    }
+    return;
+  }
   std::vector<double> sum_dy(C), sum_dy_xhat(C);
-  batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, N, C, HW, layout);
+  batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, N, C, HW, layout, relu_y);
   for (int64_t c = 0; c < C; ++c) {
     if (dbeta) dbeta[c] = float(sum_dy[c]);
     if (dgamma) dgamma[c] = float(sum_dy_xhat[c]);
   }
   if (dx)
-    batchnorm2d_backward_dx(dx, dy, x, mean, invstd, gamma, sum_dy.data(), sum_dy_xhat.data(), double(N * HW), N, C,
-                            HW, layout, batch_stats);
+    batchnorm2d_backward_dx(dx, dy, x, mean, invstd, gamma, sum_dy.data(), sum_dy_xhat.data(), M, N, C, HW, layout,
+                            batch_stats, relu_y);
 }
 
 // ---------------------------------------------------------------- the op
@@ -235,10 +368,19 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   // not tensors: float32 would round a large mean and lose the small deviations).
   auto mean = std::make_shared<std::vector<double>>(C), invstd = std::make_shared<std::vector<double>>(C);
   double M_stats = double(N * HW), M_backward = M_stats;  // values behind the statistics (SyncedCounts)
+  Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
+  Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
+  const float *gamma = wc.defined() ? wc.data_ptr() : nullptr, *beta = bc.defined() ? bc.data_ptr() : nullptr;
+  Tensor y = a.inplace ? x : empty(x.shape());
+  bool normalised = false;  // y written already (statistics and normalisation in one kernel)
   if (a.use_batch_stats) {
     std::vector<double> var(C);
-    batchnorm2d_stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
-    if (a.process_group) {
+    if (!a.process_group) {
+      batchnorm2d_forward_train(y.data_ptr(), mean->data(), var.data(), invstd->data(), xc.data_ptr(), gamma, beta,
+                                a.eps, N, C, HW, a.layout, a.variance_method, a.relu);
+      normalised = true;
+    } else {
+      batchnorm2d_stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
       auto& pg = *a.process_group;
       const SyncedCounts n = batchnorm_sync_stats(mean->data(), var.data(), C, M_stats, pg, a.sync_rule,
                                                   a.variance_method);
@@ -247,8 +389,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
              "of {} ranks (input {} on rank {})", n.unbiased, pg.size(), x.shape(), pg.rank());
       M_stats = n.unbiased;
       M_backward = n.backward;
+      for (int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + a.eps);
     }
-    for (int64_t c = 0; c < C; ++c) (*invstd)[c] = 1.0 / std::sqrt(var[c] + a.eps);
     if (a.momentum >= 0) {
       const double M = M_stats, p = a.momentum;
       const double correction = a.unbiased_running_var ? M / (M - 1) : 1.0;
@@ -269,42 +411,49 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
       (*invstd)[c] = 1.0 / std::sqrt(double(rv[c]) + a.eps);
     }
   }
-  Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
-  Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
-  Tensor y = a.inplace ? x : empty(x.shape());
-  batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), wc.defined() ? wc.data_ptr() : nullptr,
-                      bc.defined() ? bc.data_ptr() : nullptr, N, C, HW, a.layout);
+  if (!normalised) batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma, beta, N, C, HW,
+                                       a.layout, a.relu);
   if (a.inplace) {  // no graph to record (checked above)
     x.storage()->version++;
     return y;
   }
 
-  autograd::record(y, "batch_norm2d", inputs, [x, weight, bias, xc, wc, mean, invstd, N, C, HW, M_backward,
-                                                a](const Tensor& dy) {
+  // The fused ReLU's backward needs its output (dy counts where y > 0).
+  Tensor relu_y = a.relu ? y.detach() : Tensor();
+  autograd::record(y, a.relu ? "batch_norm2d_relu" : "batch_norm2d", inputs, [x, weight, bias, xc, wc, relu_y, mean,
+                                                                           invstd, N, C, HW, M_backward,
+                                                                           a](const Tensor& dy) {
     Tensor dyc = dy.contiguous();
     Tensor dx = x.requires_grad() ? empty(x.shape()) : Tensor();
     const bool affine_grads = a.affine_grad && (weight.requires_grad() || bias.requires_grad());
     Tensor dw = affine_grads ? empty({C}) : Tensor(), db = affine_grads ? empty({C}) : Tensor();
-    std::vector<double> sum_dy(C), sum_dy_xhat(C);
-    batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dyc.data_ptr(), xc.data_ptr(), mean->data(),
-                                invstd->data(), N, C, HW, a.layout);
-    for (int64_t c = 0; c < C && affine_grads; ++c) {  // this rank's share; the trainer averages them
-      db.data_ptr()[c] = float(sum_dy[c]);
-      dw.data_ptr()[c] = float(sum_dy_xhat[c]);
-    }
-    if (dx.defined()) {
-      if (a.process_group && a.use_batch_stats)  // every rank: x requires grad on all of them alike
+    const float* gamma = wc.defined() ? wc.data_ptr() : nullptr;
+    const float* ry = relu_y.defined() ? relu_y.data_ptr() : nullptr;
+    // dgamma and dbeta are this rank's share; the trainer averages them.
+    if (!(a.process_group && a.use_batch_stats)) {
+      batchnorm2d_backward(dx.defined() ? dx.data_ptr() : nullptr, affine_grads ? dw.data_ptr() : nullptr,
+                           affine_grads ? db.data_ptr() : nullptr, dyc.data_ptr(), xc.data_ptr(), mean->data(),
+                           invstd->data(), gamma, N, C, HW, a.layout, a.use_batch_stats, ry);
+    } else {  // the two sums are all-reduced over the group between the halves
+      std::vector<double> sum_dy(C), sum_dy_xhat(C);
+      batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dyc.data_ptr(), xc.data_ptr(), mean->data(),
+                                  invstd->data(), N, C, HW, a.layout, ry);
+      for (int64_t c = 0; c < C && affine_grads; ++c) {
+        db.data_ptr()[c] = float(sum_dy[c]);
+        dw.data_ptr()[c] = float(sum_dy_xhat[c]);
+      }
+      if (dx.defined()) {  // every rank: x requires grad on all of them alike
         batchnorm_sync_grad_sums(sum_dy.data(), sum_dy_xhat.data(), C, *a.process_group);
-      batchnorm2d_backward_dx(dx.data_ptr(), dyc.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(),
-                              wc.defined() ? wc.data_ptr() : nullptr, sum_dy.data(), sum_dy_xhat.data(), M_backward,
-                              N, C, HW, a.layout, a.use_batch_stats);
+        batchnorm2d_backward_dx(dx.data_ptr(), dyc.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma,
+                                sum_dy.data(), sum_dy_xhat.data(), M_backward, N, C, HW, a.layout, true, ry);
+      }
     }
     autograd::accumulate(x, dx);
     if (affine_grads) {
       autograd::accumulate(weight, dw);
       autograd::accumulate(bias, db);
     }
-  }, {xc, wc});
+  }, a.relu ? std::vector<Tensor>{xc, wc, relu_y} : std::vector<Tensor>{xc, wc});
   return y;
 }
 
@@ -369,7 +518,10 @@ void BatchNorm2d::reset_parameters() {
   if (options.bias_init_) options.bias_init_(bias); else bias.fill_(0.0f);
 }
 
-Tensor BatchNorm2d::forward(const Tensor& x) {
+Tensor BatchNorm2d::forward(const Tensor& x) { return forward_impl(x, false); }
+Tensor BatchNorm2d::forward_relu(const Tensor& x) { return forward_impl(x, true); }
+
+Tensor BatchNorm2d::forward_impl(const Tensor& x, bool relu) {
   const BatchNorm2dOptions& o = options;
   if (!is_materialized() && x.defined() && x.dim() == 4) materialize(x.size(o.layout_ == Layout::NCHW ? 1 : 3));
   BatchNormArgs a;
@@ -379,6 +531,7 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   a.variance_method = o.variance_method_;
   a.affine_grad = !o.freeze_;
   a.inplace = o.inplace_;
+  a.relu = relu;
   if (is_training()) {  // statistics are synced in training only (PyTorch's SyncBatchNorm too)
     a.process_group = o.process_group_;
     a.sync_rule = o.sync_rule_;
@@ -408,6 +561,10 @@ std::string BatchNorm2d::extra_repr() const {
   return fmt::format("{}, eps={}, momentum={}, affine={}, track_running_stats={}",
                      o.num_features_ > 0 ? fmt::format("{}", o.num_features_) : "lazy", o.eps_, mom,
                      o.affine_ ? "True" : "False", o.track_running_stats_ ? "True" : "False");
+}
+
+bool fuses_with_relu(const Module& bn, const Module& relu) {
+  return typeid(bn) == typeid(BatchNorm2d) && typeid(relu) == typeid(ReLU);
 }
 
 }  // namespace norma::nn

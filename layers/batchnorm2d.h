@@ -113,31 +113,45 @@ struct BatchNormArgs {
   // Set: batch statistics and the backward reductions span the group (SyncRule).
   std::shared_ptr<dist::ProcessGroup> process_group = nullptr;
   SyncRule sync_rule = SyncRule::global;
+  // A ReLU fused after the normalisation: the op returns relu(batch_norm(x)) as
+  // one node, in one pass forward and backward (nn::Sequential uses it for a
+  // BatchNorm2d followed by a ReLU).
+  bool relu = false;
 };
 
 // ---- kernels on raw contiguous pointers. M = N * HW values per channel.
+// relu (forward) fuses a ReLU after the normalisation: y = max(bn(x), 0), NaN
+// giving 0 as relu does. relu_y (backward) is that fused output: dy then counts
+// only where relu_y > 0 (ReLU's backward, taken in the same pass); null: no ReLU.
 // Batch statistics of each channel, in double.
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method);
 // y = (x - mean) * invstd * gamma + beta; gamma/beta null means 1/0. y may
 // be x (in place): each element is read, then written, at the same index.
 void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
-                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout);
+                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout, bool relu = false);
+// The training forward of one process: batchnorm2d_stats, invstd = 1 / sqrt(var + eps),
+// then batchnorm2d_forward, with the same results; NCHW goes channel by channel
+// so that each channel's values are normalised while they are still in cache.
+void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invstd, const float* x, const float* gamma,
+                               const float* beta, double eps, int64_t N, int64_t C, int64_t HW, Layout layout,
+                               VarianceMethod method, bool relu = false);
 // dx (may be null), dgamma and dbeta (may be null). batch_stats selects the
-// closed form above; otherwise mean/invstd were constants.
+// closed form above; otherwise mean/invstd were constants. NCHW with dx goes
+// channel by channel (the two sums, then dx) like batchnorm2d_forward_train.
 void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
                           const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats);
-// The backward in two halves (what batchnorm2d_backward runs, and SyncBatchNorm
-// all-reduces in between): the two reductions per channel, then
+                          bool batch_stats, const float* relu_y = nullptr);
+// The backward in two halves (what SyncBatchNorm all-reduces in between): the
+// two reductions per channel, then
 // dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M) with M values
 // behind the statistics (dx = dy * gamma * invstd without batch_stats).
 void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
                                  const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
-                                 Layout layout);
+                                 Layout layout, const float* relu_y = nullptr);
 void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
                              const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
-                             int64_t C, int64_t HW, Layout layout, bool batch_stats);
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats, const float* relu_y = nullptr);
 
 // ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
 // bias (C) may be undefined (affine off); running_mean/var (C) are updated in
@@ -158,6 +172,9 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(const BatchNorm2dOptions& options);
   explicit BatchNorm2d(int64_t num_features) : BatchNorm2d(BatchNorm2dOptions(num_features)) {}
   Tensor forward(const Tensor& x) override;
+  // relu(forward(x)) in one pass forward and backward (the ReLU fused into the
+  // op): what nn::Sequential runs for a BatchNorm2d followed by a ReLU.
+  Tensor forward_relu(const Tensor& x);
   // Creates the parameters and buffers for C channels and initialises them
   // (what the constructor does when num_features > 0); a no-op when the module
   // already has C channels, an error when it has another count.
@@ -174,6 +191,14 @@ class BatchNorm2d : public Module {
   Tensor running_mean;         // (C) buffer; undefined without track_running_stats
   Tensor running_var;          // (C) buffer
   Tensor num_batches_tracked;  // () buffer: training forwards so far (t of the momentum rule)
+
+ private:
+  Tensor forward_impl(const Tensor& x, bool relu);
 };
+
+// Whether `bn` then `relu` run as one op, bn.forward_relu(x): bn is exactly a
+// BatchNorm2d and relu exactly a ReLU (a subclass may override forward).
+// nn::Sequential and nn::BasicBlock fuse such pairs.
+bool fuses_with_relu(const Module& bn, const Module& relu);
 
 }  // namespace norma::nn

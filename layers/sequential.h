@@ -3,6 +3,7 @@
 #pragma once
 #include <initializer_list>
 
+#include "batchnorm2d.h"
 #include "module.h"
 
 namespace norma::nn {
@@ -25,9 +26,15 @@ class Sequential : public Module {
     modules_.push_back(m);
     return m;
   }
+  // A BatchNorm2d followed by a ReLU runs as one op (fuses_with_relu): one
+  // pass over the activations each way instead of two.
   Tensor forward(const Tensor& x) override {
     Tensor h = x;
-    for (const ModulePtr& m : modules_) h = m->forward(h);
+    for (size_t i = 0; i < modules_.size(); ++i)
+      if (i + 1 < modules_.size() && fuses_with_relu(*modules_[i], *modules_[i + 1]))
+        h = static_cast<BatchNorm2d&>(*modules_[i++]).forward_relu(h);
+      else
+        h = modules_[i]->forward(h);
     return h;
   }
   size_t size() const { return modules_.size(); }
