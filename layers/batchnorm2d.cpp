@@ -57,13 +57,6 @@ double nchw_channel_sum(const float* x, int64_t c, int64_t N, int64_t C, int64_t
   return s;
 }
 
-// The same for every channel, threads over channels.
-template <class F>
-void nchw_channel_sums(double* out, const float* x, int64_t N, int64_t C, int64_t HW, F f) {
-#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
-  for (int64_t c = 0; c < C; ++c) out[c] = nchw_channel_sum(x, c, N, C, HW, f);
-}
-
 // mean and var (biased) of channel c of an NCHW tensor: two passes, or
 // BrainPy's one (E[x^2] - E[x]^2, clamped at 0).
 void nchw_channel_stats(double& mean, double& var, const float* x, int64_t c, int64_t N, int64_t C, int64_t HW,
