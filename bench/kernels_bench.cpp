@@ -68,28 +68,34 @@ int main(int argc, char** argv) {
                 },
                 2.0 * n * n * n, {}});
 
-  // ---- BatchNorm2d forward + backward, training mode, through the op and autograd.
-  // The bytes it must move: forward reads x for the statistics, then reads x
-  // and writes y; backward reads x and dy for its two reductions, then reads
-  // them again and writes dx. 8 tensor-sized passes.
-  for (auto layout : {nn::Layout::NCHW, nn::Layout::NHWC}) {
-    const bool nhwc = layout == nn::Layout::NHWC;
-    Shape shape = nhwc ? Shape{batch, 32, 32, 64} : Shape{batch, 64, 32, 32};
-    auto x = std::make_shared<Tensor>(randn(shape).requires_grad_());
-    auto gamma = std::make_shared<Tensor>(ones({64}).requires_grad_());
-    auto beta = std::make_shared<Tensor>(zeros({64}).requires_grad_());
-    auto rm = std::make_shared<Tensor>(zeros({64})), rv = std::make_shared<Tensor>(ones({64}));
-    auto dy = std::make_shared<Tensor>(randn(shape));
-    nn::BatchNormArgs args;
-    args.layout = layout;
-    args.momentum = 0.1;
-    ms.push_back({nhwc ? "BatchNorm2d NHWC" : "BatchNorm2d NCHW", [=] {
-                    Tensor y = nn::batch_norm2d(*x, *gamma, *beta, *rm, *rv, args);
-                    y.backward(*dy);
-                    x->zero_grad(), gamma->zero_grad(), beta->zero_grad();
-                  },
-                  8.0 * bn_numel * sizeof(float), {}});
-  }
+  // ---- BatchNorm2d forward + backward, training mode, through the op and
+  // autograd, alone and with the ReLU fused. Bytes: the tensors each layout's
+  // kernels stream through memory. NCHW works a channel at a time (a channel is
+  // 512 KiB at batch 128), so its second and third looks at x, and the dx pass's
+  // at dy and x, hit L2: forward reads x and writes y, backward reads dy and x
+  // and writes dx, 5 tensors. NHWC reads x for the mean, again for the
+  // variance, then reads x and writes y; backward reads dy and x for the sums,
+  // then again, and writes dx: 9 tensors. (5 is the least any kernel moves.)
+  for (bool relu : {false, true})
+    for (auto layout : {nn::Layout::NCHW, nn::Layout::NHWC}) {
+      const bool nhwc = layout == nn::Layout::NHWC;
+      Shape shape = nhwc ? Shape{batch, 32, 32, 64} : Shape{batch, 64, 32, 32};
+      auto x = std::make_shared<Tensor>(randn(shape).requires_grad_());
+      auto gamma = std::make_shared<Tensor>(ones({64}).requires_grad_());
+      auto beta = std::make_shared<Tensor>(zeros({64}).requires_grad_());
+      auto rm = std::make_shared<Tensor>(zeros({64})), rv = std::make_shared<Tensor>(ones({64}));
+      auto dy = std::make_shared<Tensor>(randn(shape));
+      nn::BatchNormArgs args;
+      args.layout = layout;
+      args.momentum = 0.1;
+      args.relu = relu;
+      ms.push_back({fmt::format("BatchNorm2d{} {}", relu ? "+ReLU" : "", nhwc ? "NHWC" : "NCHW"), [=] {
+                      Tensor y = nn::batch_norm2d(*x, *gamma, *beta, *rm, *rv, args);
+                      y.backward(*dy);
+                      x->zero_grad(), gamma->zero_grad(), beta->zero_grad();
+                    },
+                    (nhwc ? 9.0 : 5.0) * bn_numel * sizeof(float), {}});
+    }
 
   // ---- the five convolutions of cifar-small (3x3, padding 1), raw kernels.
   // Forward 2*N*K*C*9*OH*OW FLOPs; backward twice that (dx and dw), except the

@@ -266,6 +266,11 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
     }
     return;
   }
+  // NHWC: the coefficients as three arrays, so the loop over a row's channels
+  // reads each with contiguous vector loads.
+  std::vector<double> kk(C), mdy(C), q(C);
+  for (int64_t c = 0; c < C; ++c) kk[c] = k[c].k, mdy[c] = k[c].mean_dy, q[c] = k[c].q;
+  const double *__restrict kp = kk.data(), *__restrict mp = mdy.data(), *__restrict qp = q.data();
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
   for (int64_t r = 0; r < N * HW; ++r) {
     const float *g = dy + r * C, *__restrict xp = x + r * C;  // g may become d below: not restrict
@@ -276,9 +281,9 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
       g = d;
     }
     if (batch_stats)
-      for (int64_t c = 0; c < C; ++c) d[c] = float(k[c].k * (g[c] - k[c].mean_dy - (xp[c] - mean[c]) * k[c].q));
+      for (int64_t c = 0; c < C; ++c) d[c] = float(kp[c] * (g[c] - mp[c] - (xp[c] - mean[c]) * qp[c]));
     else
-      for (int64_t c = 0; c < C; ++c) d[c] = float(k[c].k * g[c]);
+      for (int64_t c = 0; c < C; ++c) d[c] = float(kp[c] * g[c]);
   }
 }
 

@@ -26,11 +26,14 @@ for name, fmt in [("NCHW", torch.contiguous_format), ("NHWC", torch.channels_las
     g, b = torch.ones(64, requires_grad=True), torch.zeros(64, requires_grad=True)
     rm, rv = torch.zeros(64), torch.ones(64)
     dy = torch.randn(N, 64, 32, 32).contiguous(memory_format=fmt)
-    def bn(x=x, g=g, b=b, rm=rm, rv=rv, dy=dy):
-        y = F.batch_norm(x, rm, rv, g, b, training=True, momentum=0.1)
-        y.backward(dy)
-        x.grad = g.grad = b.grad = None
-    fns[f"BatchNorm2d {name}"] = bn
+    for relu in (False, True):
+        def bn(x=x, g=g, b=b, rm=rm, rv=rv, dy=dy, relu=relu):
+            y = F.batch_norm(x, rm, rv, g, b, training=True, momentum=0.1)
+            if relu:
+                y = F.relu(y)
+            y.backward(dy)
+            x.grad = g.grad = b.grad = None
+        fns[f"BatchNorm2d{'+ReLU' if relu else ''} {name}"] = bn
 
 for C, K, H in [(3, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16), (64, 128, 8)]:
     for layout, fmt in [("", torch.contiguous_format), (" channels-last", torch.channels_last)]:
