@@ -255,9 +255,12 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   // One pass: dx = k (dy - sum_dy/M - xhat sum_dy_xhat/M) with k = invstd * gamma and
   // xhat = (x - mean) invstd, or dx = k dy when the statistics were constants.
   // Per channel: dx = k (dy - mean_dy - (x - mean) q) with q = invstd sum_dy_xhat / M.
-  std::vector<DxCoefficients> k(C);
-  for (int64_t c = 0; c < C; ++c) k[c] = dx_coefficients(invstd[c], gamma, c, sum_dy[c], sum_dy_xhat[c], M, batch_stats);
+  auto coefficients = [&](int64_t c) {
+    return dx_coefficients(invstd[c], gamma, c, sum_dy[c], sum_dy_xhat[c], M, batch_stats);
+  };
   if (layout == Layout::NCHW) {
+    std::vector<DxCoefficients> k(C);
+    for (int64_t c = 0; c < C; ++c) k[c] = coefficients(c);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t c = p % C;
@@ -269,7 +272,10 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   // NHWC: the coefficients as three arrays, so the loop over a row's channels
   // reads each with contiguous vector loads.
   std::vector<double> kk(C), mdy(C), q(C);
-  for (int64_t c = 0; c < C; ++c) kk[c] = k[c].k, mdy[c] = k[c].mean_dy, q[c] = k[c].q;
+  for (int64_t c = 0; c < C; ++c) {
+    const DxCoefficients k = coefficients(c);
+    kk[c] = k.k, mdy[c] = k.mean_dy, q[c] = k.q;
+  }
   const double *__restrict kp = kk.data(), *__restrict mp = mdy.data(), *__restrict qp = q.data();
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
   for (int64_t r = 0; r < N * HW; ++r) {
