@@ -85,8 +85,11 @@ TEST_CASE("adaptive_avg_pool2d: known values") {
 
 TEST_CASE("max_pool2d: the 2x2 stride-2 path chooses as the general rule does, ties and NaN included") {
   // Few distinct values give many ties; some NaNs; odd sizes drop the last row and column.
+  // Rows of 5 outputs take the kernel's narrow loop (4 lanes), rows of 17 its wide one.
+  const int64_t W = GENERATE(11, 35);
+  CAPTURE(W);
   manual_seed(13);
-  const int64_t N = 3, C = 5, H = 9, W = 11, OH = 4, OW = 5;
+  const int64_t N = 3, C = 5, H = 9, OH = 4, OW = (W - 1) / 2;
   std::vector<float> v(size_t(N * C * H * W));
   for (float& f : v) f = random_u32() % 17 == 0 ? NAN : float(random_u32() % 3);
   Tensor x = from_vector(v, {N, C, H, W}).requires_grad_();
