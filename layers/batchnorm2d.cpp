@@ -4,10 +4,16 @@
 #include "batchnorm2d.h"
 
 #include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <typeinfo>
 #include <vector>
@@ -85,6 +91,46 @@ void normalize_run(float* y, const float* x, double m, double scale, double shif
     }
   else
     for (int64_t i = 0; i < n; ++i) y[i] = float((x[i] - m) * scale + shift);
+}
+
+// out(buf, i, len) writes values [i, i + len) of a run of n floats to buf.
+// stream_run sends them on to y with streaming stores, a chunk at a time
+// through an L1 buffer: an ordinary store first reads y's cache line from
+// memory, so writing a tensor that the next layer reads from memory anyway
+// moves its bytes twice; a streaming store writes the line without reading it.
+// Only for tensors too large to stay in cache for the next layer (smaller ones
+// are faster left in cache), where y is 64-byte aligned and AVX-512 is there;
+// else out writes y. stream_fence() after the last run a thread writes makes
+// them visible to the others.
+constexpr int64_t kStreamChunk = 256, kStreamMinBytes = int64_t(16) << 20;
+bool streams(int64_t numel) {
+  static const bool on = [] {  // NORMA_STREAM_STORES=0 turns them off (to measure what they buy)
+    const char* v = std::getenv("NORMA_STREAM_STORES");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on && numel * int64_t(sizeof(float)) >= kStreamMinBytes;
+}
+template <class Out>
+void stream_run(float* y, int64_t n, bool stream, Out out) {
+#if defined(__AVX512F__)
+  if (stream && reinterpret_cast<uintptr_t>(y) % 64 == 0) {
+    alignas(64) float buf[kStreamChunk];
+    for (int64_t i = 0; i < n; i += kStreamChunk) {
+      const int64_t len = std::min(kStreamChunk, n - i);
+      out(buf, i, len);
+      int64_t j = 0;
+      for (; j + 16 <= len; j += 16) _mm512_stream_ps(y + i + j, _mm512_load_ps(buf + j));
+      for (; j < len; ++j) y[i + j] = buf[j];
+    }
+    return;
+  }
+#endif
+  out(y, 0, n);
+}
+void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
 }
 
 // g where the fused ReLU's output r is positive, else 0 (0 also for a NaN g, as
@@ -212,13 +258,19 @@ void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invs
   // planes are still in L2 (a channel of a (128, 64, 32, 32) batch is 512 KiB),
   // so x comes from memory once where the two kernels one after the other read it
   // three times.
+  const bool stream = streams(N * C * HW);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
   for (int64_t c = 0; c < C; ++c) {
     nchw_channel_stats(mean[c], var[c], x, c, N, C, HW, method);
     invstd[c] = 1.0 / std::sqrt(var[c] + eps);
     const double scale = invstd[c] * (gamma ? gamma[c] : 1.0f), shift = beta ? beta[c] : 0.0f;
-    for (int64_t n = 0; n < N; ++n)
-      normalize_run(y + (n * C + c) * HW, x + (n * C + c) * HW, mean[c], scale, shift, HW, relu);
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t o = (n * C + c) * HW;
+      stream_run(y + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
+        normalize_run(out, x + o + i, mean[c], scale, shift, len, relu);
+      });
+    }
+    if (stream) stream_fence();
   }
 }
 
@@ -300,6 +352,7 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
   if (layout == Layout::NCHW && dx) {
     // A channel at a time, as batchnorm2d_forward_train: its two sums, then its
     // dx while its planes of dy and x are still in L2.
+    const bool stream = streams(N * C * HW);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
       double sum_dy, sum_dy_xhat;
@@ -310,8 +363,11 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
       const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t o = (n * C + c) * HW;
-        dx_run(dx + o, dy + o, x + o, relu_y ? relu_y + o : nullptr, k, mean[c], HW, batch_stats);
+        stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
+          dx_run(out, dy + o + i, x + o + i, relu_y ? relu_y + o + i : nullptr, k, mean[c], len, batch_stats);
+        });
       }
+      if (stream) stream_fence();
     }
     return;
   }

@@ -120,6 +120,37 @@ TEST_CASE("BatchNorm2d: NHWC equals NCHW on the permuted input") {
   NORMA_CHECK_CLOSE(b.running_var, a.running_var, 1e-6, 1e-7);
 }
 
+TEST_CASE("BatchNorm2d: tensors of 16 MiB and more (written with streaming stores) equal NHWC, fwd and bwd") {
+  // NCHW writes y and dx of tensors this large with streaming stores (planes
+  // whose start is 64-byte aligned; the odd shape mixes them with unaligned
+  // planes and leaves chunk tails); NHWC never does, so it is the reference.
+  manual_seed(8);
+  const Shape shape = GENERATE(Shape{17, 4, 255, 255}, Shape{8, 2, 512, 512});
+  const bool relu = GENERATE(false, true);
+  CAPTURE(shape, relu);
+  const int64_t C = shape[1];
+  Tensor x0 = randn(shape), dy0 = randn(shape), g0 = randn({C}), b0 = randn({C});
+  auto run = [&](Layout layout) {
+    BatchNorm2d bn(BatchNorm2dOptions(C).layout(layout));
+    {
+      NoGradGuard no_grad;
+      bn.weight.copy_(g0), bn.bias.copy_(b0);
+    }
+    const bool nhwc = layout == Layout::NHWC;
+    Tensor x = (nhwc ? x0.permute({0, 2, 3, 1}).contiguous() : x0.clone()).requires_grad_();
+    Tensor y = relu ? bn.forward_relu(x) : bn.forward(x);
+    y.backward(nhwc ? dy0.permute({0, 2, 3, 1}).contiguous() : dy0);
+    Tensor dx = x.grad();
+    if (nhwc) y = y.permute({0, 3, 1, 2}), dx = dx.permute({0, 3, 1, 2});
+    return std::vector<Tensor>{y.detach(), dx, bn.weight.grad(), bn.bias.grad()};
+  };
+  const std::vector<Tensor> nchw = run(Layout::NCHW), nhwc = run(Layout::NHWC);
+  NORMA_CHECK_CLOSE(nchw[0], nhwc[0], 1e-5, 1e-5);
+  NORMA_CHECK_CLOSE(nchw[1], nhwc[1], 1e-4, 1e-6);
+  NORMA_CHECK_CLOSE(nchw[2], nhwc[2], 1e-4, 1e-2);
+  NORMA_CHECK_CLOSE(nchw[3], nhwc[3], 1e-4, 1e-2);
+}
+
 TEST_CASE("BatchNorm2d: momentum None is the cumulative average, schedule switches at its floor") {
   manual_seed(8);
   BatchNorm2d cum(BatchNorm2dOptions(1).momentum(MomentumRule::cumulative()));
