@@ -98,8 +98,9 @@ void normalize_run(float* y, const float* x, double m, double scale, double shif
 // through an L1 buffer: an ordinary store first reads y's cache line from
 // memory, so writing a tensor that the next layer reads from memory anyway
 // moves its bytes twice; a streaming store writes the line without reading it.
-// Only for tensors too large to stay in cache for the next layer (smaller ones
-// are faster left in cache), where y is 64-byte aligned and AVX-512 is there;
+// Only for tensors of 16 MiB and more (a first version that streamed every
+// size was slower on small ones, which the next layer could have found in
+// cache), where y is 64-byte aligned and AVX-512 is there;
 // else out writes y. stream_fence() after the last run a thread writes makes
 // them visible to the others.
 constexpr int64_t kStreamChunk = 256, kStreamMinBytes = int64_t(16) << 20;

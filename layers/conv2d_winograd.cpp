@@ -30,6 +30,7 @@
 #include <optional>
 
 #include "../core/blas_threads.h"
+#include "../core/iter.h"
 #include "conv2d.h"
 
 namespace norma::nn {
@@ -99,20 +100,6 @@ void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C)
 // same L1 set (with the plane a multiple of 4 KiB they evict each other).
 int64_t plane_stride(int64_t channels, int64_t P) { return channels * P + 16; }
 
-// f(i) for i in [0, n) as one vector loop. A row of 4 tiles (8x8 images) is
-// shorter than the 8 or 16 lanes the compiler picks and would run entirely in
-// its scalar remainder loop: vectors of 4 lanes for those.
-template <class F>
-inline void simd_for(int64_t n, F f) {
-  if (n >= 8) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) f(i);
-  } else {
-#pragma omp simd simdlen(4)
-    for (int64_t i = 0; i < n; ++i) f(i);
-  }
-}
-
 // The tile rows [r0, r1) of a block, cut where the image changes: tile rows
 // [ty0, ty1) of image n, starting at block row r. f(n, ty0, ty1, r).
 template <class F>
@@ -151,7 +138,7 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
         const float* __restrict d0 = pad + 2 * (ty - ty0) * Wp;
         const float *__restrict d1 = d0 + Wp, *__restrict d2 = d1 + Wp, *__restrict d3 = d2 + Wp;
         float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
-        simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
+        detail::simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
           float t[4][4];  // rows: B^T d, for each of the tile's four columns j
           for (int j = 0; j < 4; ++j) {
             const int64_t q = 2 * tx + j;
@@ -179,7 +166,7 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.TH, ty = r % g.TH;
       const float* __restrict m = M + k * P + (r - r0) * g.TW;
-      simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
+      detail::simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
         float S[4], R[4];  // rows: A^T M
         for (int j = 0; j < 4; ++j) {
           const float m0 = m[j * ld + tx], m1 = m[(4 + j) * ld + tx], m2 = m[(8 + j) * ld + tx],
@@ -193,7 +180,7 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
       for (int a = 0; a < 2 && 2 * ty + a < g.OH; ++a) {
         float* __restrict out = y + ((n * g.K + k) * g.OH + 2 * ty + a) * g.OW;
         const float *__restrict even = a ? y10 : y00, *__restrict odd = a ? y11 : y01;
-        simd_for(half, [&](int64_t tx) __attribute__((always_inline)) {
+        detail::simd_for(half, [&](int64_t tx) __attribute__((always_inline)) {
           out[2 * tx] = even[tx] + b, out[2 * tx + 1] = odd[tx] + b;
         });
         if (g.OW & 1) out[g.OW - 1] = even[half] + b;  // the last tile's right column is outside
@@ -218,11 +205,13 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
           continue;
         }
         const float* __restrict row = dy + ((n * g.K + k) * g.OH + oh) * g.OW;
-        simd_for(half, [&](int64_t tx) __attribute__((always_inline)) { e[tx] = row[2 * tx], o[tx] = row[2 * tx + 1]; });
+        detail::simd_for(half, [&](int64_t tx) __attribute__((always_inline)) {
+          e[tx] = row[2 * tx], o[tx] = row[2 * tx + 1];
+        });
         if (g.OW & 1) e[half] = row[g.OW - 1], o[half] = 0.0f;
       }
       float* __restrict m = dM + k * P + (r - r0) * g.TW;
-      simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
+      detail::simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
         // rows: A dY = (y0, y0 + y1, y0 - y1, -y1); columns likewise
         const float qe[4] = {e0[tx], e0[tx] + e1[tx], e0[tx] - e1[tx], -e1[tx]};
         const float qo[4] = {o0[tx], o0[tx] + o1[tx], o0[tx] - o1[tx], -o1[tx]};
