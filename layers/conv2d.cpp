@@ -173,6 +173,7 @@ bool split_batch(const ConvShape& s) { return omp_get_max_threads() > 1 && s.N >
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
   if (conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s);
+  if (conv2d_direct_applies(s)) return conv2d_direct_forward(y, x, w, b, s);
   const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
   const bool split = split_batch(s);
   const int T = split ? omp_get_max_threads() : 1;
@@ -208,6 +209,11 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
     }
   }
   if (conv2d_winograd_applies(s)) return conv2d_winograd_backward(dx, dw, dy, x, w, s);
+  if (dw && conv2d_direct_applies(s)) {  // dx, if wanted, still goes through im2col below
+    conv2d_direct_backward_weight(dw, dy, x, s);
+    dw = nullptr;
+    if (!dx) return;
+  }
   const bool split = split_batch(s);
   const int T = split ? omp_get_max_threads() : 1;
   Tensor col_buf = empty({T * R * L});

@@ -2,7 +2,8 @@
 // -> y (N, K, OH, OW) with OH = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (likewise OW).
 //
 // Fast paths: Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions of a CNN
-// (conv2d_winograd.cpp, 2.25x fewer multiplies), otherwise im2col + OpenBLAS
+// (conv2d_winograd.cpp, 2.25x fewer multiplies), direct loops for few input
+// channels (conv2d_direct.cpp, the RGB layer), otherwise im2col + OpenBLAS
 // sgemm, per image and group:
 //   col (C/g*kh*kw, OH*OW) = im2col(x[n, g])     y[n, g] = W_g (K/g, C/g*kh*kw) @ col
 // and backward:
@@ -49,6 +50,15 @@ void conv2d_winograd_forward(float* y, const float* x, const float* w, const flo
 // dx and dw (either may be null) are overwritten; conv2d_backward computes db.
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const ConvShape& s);
+
+// ---- direct convolution (conv2d_direct.cpp) for few input channels: stride 1,
+// one group, C*kh*kw <= 64 (the RGB input layer). conv2d_forward and the weight
+// gradient of conv2d_backward take it where it applies (dx stays on im2col);
+// NORMA_DIRECT_CONV=0 turns it off.
+bool conv2d_direct_applies(const ConvShape& s);
+void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
+// dw is overwritten; conv2d_backward computes db.
+void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s);
 
 // ---- the op: one autograd node. bias may be an undefined Tensor.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride = 1, Size2 padding = 0,

@@ -80,6 +80,70 @@ TEST_CASE("conv2d: Winograd F(2x2, 3x3) matches the naive loops forward and back
   }
 }
 
+TEST_CASE("conv2d: the direct path for few input channels matches the naive loops forward and backward") {
+  const Case cases[] = {
+      {3, 3, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, false},  // cifar-small's RGB layer, 3 images
+      {2, 3, 7, 9, 5, 3, 2, 1, 1, 0, 1, 1, 1, 1, true},      // odd sizes, rectangular kernel, 5 channels out
+      {1, 1, 11, 6, 9, 5, 5, 1, 1, 2, 2, 1, 1, 1, true},     // one channel, 5x5 (25 taps)
+      {2, 2, 9, 10, 3, 3, 3, 1, 1, 2, 1, 2, 3, 1, true},     // dilations 2 and 3
+      {2, 4, 4, 4, 17, 4, 4, 1, 1, 0, 0, 1, 1, 1, true},     // 64 taps (the limit), one output per plane
+      {1, 3, 1, 40, 6, 1, 3, 1, 1, 0, 4, 1, 1, 1, true},     // one row, padding wider than the kernel
+      {5, 7, 3, 3, 2, 1, 1, 1, 1, 0, 0, 1, 1, 1, false},     // 1x1, more images than positions
+  };
+  manual_seed(13);
+  for (const Case& c : cases) {
+    CAPTURE(c.N, c.C, c.H, c.W, c.K, c.kh, c.kw, c.ph, c.pw, c.dh, c.dw);
+    Tensor x = randn({c.N, c.C, c.H, c.W}), w = randn({c.K, c.C, c.kh, c.kw});
+    Tensor b = c.bias ? randn({c.K}) : Tensor();
+    ConvShape s = conv2d_shape(x.shape(), w.shape(), 1, {c.ph, c.pw}, {c.dh, c.dw}, 1);
+    REQUIRE(conv2d_direct_applies(s));
+    REQUIRE_FALSE(conv2d_winograd_applies(s));
+    Tensor y = full({s.N, s.K, s.OH, s.OW}, NAN), y_ref = empty(y.shape());
+    conv2d_direct_forward(y.data_ptr(), x.data_ptr(), w.data_ptr(), c.bias ? b.data_ptr() : nullptr, s);
+    conv2d_forward_naive(y_ref.data_ptr(), x.data_ptr(), w.data_ptr(), c.bias ? b.data_ptr() : nullptr, s);
+    NORMA_CHECK_CLOSE(y, y_ref, 1e-5, 1e-5);
+
+    Tensor dy = randn(y.shape());
+    Tensor dw = full(w.shape(), NAN), dx_ref = empty(x.shape()), dw_ref = empty(w.shape());
+    conv2d_direct_backward_weight(dw.data_ptr(), dy.data_ptr(), x.data_ptr(), s);
+    conv2d_backward_naive(dx_ref.data_ptr(), dw_ref.data_ptr(), nullptr, dy.data_ptr(), x.data_ptr(),
+                          w.data_ptr(), s);
+    NORMA_CHECK_CLOSE(dw, dw_ref, 1e-4, 1e-4);
+    // Through conv2d_backward: dw from the direct path, dx from im2col, db.
+    Tensor dx = full(x.shape(), NAN), db = full({s.K}, NAN), db_ref = empty({s.K});
+    dw = full(w.shape(), NAN);
+    conv2d_backward(dx.data_ptr(), dw.data_ptr(), db.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+    conv2d_backward_naive(dx_ref.data_ptr(), dw_ref.data_ptr(), db_ref.data_ptr(), dy.data_ptr(), x.data_ptr(),
+                          w.data_ptr(), s);
+    NORMA_CHECK_CLOSE(dx, dx_ref, 1e-4, 1e-4);
+    NORMA_CHECK_CLOSE(dw, dw_ref, 1e-4, 1e-4);
+    NORMA_CHECK_CLOSE(db, db_ref, 1e-4, 1e-4);
+  }
+}
+
+TEST_CASE("conv2d: the direct path is taken for stride 1, one group and at most 64 taps, and only those") {
+  auto applies = [](Shape x, Shape w, Size2 stride, Size2 pad, Size2 dil, int64_t groups) {
+    return conv2d_direct_applies(conv2d_shape(x, w, stride, pad, dil, groups));
+  };
+  CHECK(applies({128, 3, 32, 32}, {32, 3, 3, 3}, 1, 1, 1, 1));       // the RGB layer
+  CHECK(applies({1, 1, 28, 28}, {8, 1, 5, 5}, 1, 0, 1, 1));          // MNIST's
+  CHECK_FALSE(applies({1, 8, 9, 9}, {8, 8, 3, 3}, 1, 1, 1, 1));      // 72 taps: im2col
+  CHECK_FALSE(applies({1, 3, 9, 9}, {8, 3, 3, 3}, 2, 1, 1, 1));      // stride 2
+  CHECK_FALSE(applies({1, 4, 9, 9}, {8, 2, 3, 3}, 1, 1, 1, 2));      // groups
+  CHECK_FALSE(applies({0, 3, 9, 9}, {8, 3, 3, 3}, 1, 1, 1, 1));      // empty batch
+}
+
+TEST_CASE("conv2d: gradcheck through the direct path") {
+  manual_seed(6);
+  Tensor x = randn({2, 3, 5, 6}).requires_grad_();
+  Tensor w = randn({10, 3, 3, 3}).requires_grad_();
+  Tensor b = randn({10}).requires_grad_();
+  REQUIRE(conv2d_direct_applies(conv2d_shape(x.shape(), w.shape(), 1, 1, 1, 1)));
+  auto r = gradcheck([](const std::vector<Tensor>& in) { return conv2d(in[0], in[1], in[2], 1, 1); }, {x, w, b});
+  INFO(r.message);
+  CHECK(r.ok);
+}
+
 TEST_CASE("conv2d: Winograd is taken for stride-1 3x3 convolutions with 16 or more channels, and only those") {
   auto applies = [](Shape x, Shape w, Size2 stride, Size2 pad, Size2 dil, int64_t groups) {
     return conv2d_winograd_applies(conv2d_shape(x, w, stride, pad, dil, groups));
