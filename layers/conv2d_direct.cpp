@@ -29,6 +29,9 @@ namespace norma::nn {
 namespace {
 
 // 16 floats: GCC lowers it to one AVX-512 register, or to two AVX2 ones.
+// Without AVX-512 GCC warns that returning one changes the ABI; these helpers
+// are internal and inlined, so no call ever crosses that ABI.
+#pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v16 __attribute__((vector_size(64)));
 inline v16 load(const float* p) {
   v16 v;
@@ -157,7 +160,9 @@ void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, c
             // Keep xv in a register: GCC would otherwise fold the load into each
             // of the DKB multiply-adds, and these unaligned loads, each split
             // over two cache lines, then bound the loop.
+#if defined(__AVX512F__)
             asm("" : "+v"(xv));
+#endif
 #pragma GCC unroll 4
             for (int kk = 0; kk < DKB; ++kk) acc[kk][tt] += d[kk] * xv;
           }
