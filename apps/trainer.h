@@ -32,7 +32,7 @@ struct TrainConfig {
   std::string data;                 // CIFAR-10 directory ("" = data::find_cifar10_dir's search)
   std::string model = "cifar-small";
   std::string bn_preset = "pytorch";
-  int64_t epochs = 10;
+  int64_t epochs = 15;
   int64_t batch_size = 128;
   double lr = 0.2;                  // the peak lr for onecycle
   std::string optimizer = "sgd";    // sgd | adam | adamw

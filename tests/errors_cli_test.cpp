@@ -230,7 +230,7 @@ TEST_CASE("errors: norma exits 2 for an unknown command, CLI11's code for a bad 
       {"train --momentum nan", 1, "norma: error: --momentum: must be in [0, 1), got nan"},
       {"train --weight-decay nan", 1, "norma: error: --weight-decay: must be a finite number >= 0, got nan"},
       {"train --label-smoothing nan", 1, "norma: error: --label-smoothing: must be in [0, 1), got nan"},
-      {"train --warmup nan", 1, "norma: error: --warmup: must be in [0, epochs = 10), got nan"},
+      {"train --warmup nan", 1, "norma: error: --warmup: must be in [0, epochs = 15), got nan"},
       {"demo --lr nan --steps 1", 1, "norma: error: --lr: must be a positive finite number, got nan"},
       {"train --data " + dir.str("nowhere"), 1,
        "norma: error: find_cifar10_dir: no CIFAR-10 directory found; tried --data " + dir.str("nowhere") +
