@@ -104,17 +104,16 @@ TEST_CASE("conv2d: the direct path for few input channels matches the naive loop
     NORMA_CHECK_CLOSE(y, y_ref, 1e-5, 1e-5);
 
     Tensor dy = randn(y.shape());
-    Tensor dw = full(w.shape(), NAN), dx_ref = empty(x.shape()), dw_ref = empty(w.shape());
-    conv2d_direct_backward_weight(dw.data_ptr(), dy.data_ptr(), x.data_ptr(), s);
-    conv2d_backward_naive(dx_ref.data_ptr(), dw_ref.data_ptr(), nullptr, dy.data_ptr(), x.data_ptr(),
-                          w.data_ptr(), s);
-    NORMA_CHECK_CLOSE(dw, dw_ref, 1e-4, 1e-4);
-    // Through conv2d_backward: dw from the direct path, dx from im2col, db.
-    Tensor dx = full(x.shape(), NAN), db = full({s.K}, NAN), db_ref = empty({s.K});
-    dw = full(w.shape(), NAN);
-    conv2d_backward(dx.data_ptr(), dw.data_ptr(), db.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+    Tensor dx_ref = empty(x.shape()), dw_ref = empty(w.shape()), db_ref = empty({s.K});
     conv2d_backward_naive(dx_ref.data_ptr(), dw_ref.data_ptr(), db_ref.data_ptr(), dy.data_ptr(), x.data_ptr(),
                           w.data_ptr(), s);
+    Tensor dw = full(w.shape(), NAN);
+    conv2d_direct_backward_weight(dw.data_ptr(), dy.data_ptr(), x.data_ptr(), s);
+    NORMA_CHECK_CLOSE(dw, dw_ref, 1e-4, 1e-4);
+    // Through conv2d_backward: dw from the direct path, dx from im2col, db.
+    Tensor dx = full(x.shape(), NAN), db = full({s.K}, NAN);
+    dw = full(w.shape(), NAN);
+    conv2d_backward(dx.data_ptr(), dw.data_ptr(), db.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
     NORMA_CHECK_CLOSE(dx, dx_ref, 1e-4, 1e-4);
     NORMA_CHECK_CLOSE(dw, dw_ref, 1e-4, 1e-4);
     NORMA_CHECK_CLOSE(db, db_ref, 1e-4, 1e-4);
