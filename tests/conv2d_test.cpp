@@ -53,7 +53,8 @@ TEST_CASE("conv2d: Winograd F(2x2, 3x3) matches the naive loops forward and back
   };
   const W cases[] = {
       {2, 16, 16, 8, 8, 1, 1},    // cifar-small's convs, small
-      {3, 16, 17, 20, 20, 1, 1},  // blocks of several tile rows that cross images
+      {3, 16, 17, 20, 20, 1, 1},  // one block of several images
+      {3, 64, 65, 20, 20, 1, 1},  // blocks of 6 tile rows that cross images (64 tiles: 129 channels)
       {1, 17, 16, 7, 9, 0, 2},    // odd outputs (a half-empty last tile), paddings 0 and 2
       {2, 16, 16, 1, 5, 1, 0},    // a single input row
       {1, 16, 16, 3, 530, 1, 1},  // a tile row longer than a block
