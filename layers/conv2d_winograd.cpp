@@ -143,6 +143,15 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
         else
           std::fill_n(dst, g.W, 0.0f);
       }
+      // The copy above waits on memory: hardware prefetchers stop at 4 KiB
+      // pages, a 32x32 plane's size, so each plane starts cold. Ask for the
+      // next channel's rows now, while this one's tiles are computed
+      // (measured on one thread, x of 128x32x32x32 out of cache: 3.7 -> 3.2 ms).
+      if (c + 1 < g.C) {
+        const int64_t lo = std::max<int64_t>(0, 2 * ty0 - g.ph), hi = std::min(g.H, 2 * ty1 - g.ph + 2);
+        const float* next = plane + g.H * g.W;
+        for (int64_t i = lo * g.W; i < hi * g.W; i += 16) __builtin_prefetch(next + i, 0, 2);
+      }
       for (int64_t ty = ty0; ty < ty1; ++ty) {
         const float* __restrict d0 = pad + 2 * (ty - ty0) * Wp;
         const float *__restrict d1 = d0 + Wp, *__restrict d2 = d1 + Wp, *__restrict d3 = d2 + Wp;
@@ -193,6 +202,10 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
           out[2 * tx] = even[tx] + b, out[2 * tx + 1] = odd[tx] + b;
         });
         if (g.OW & 1) out[g.OW - 1] = even[half] + b;  // the last tile's right column is outside
+        // As in input_transform: the next channel's plane starts cold; fetch
+        // its row for writing while this channel's tiles are computed.
+        if (k + 1 < g.K)
+          for (int64_t i = 0; i < g.OW; i += 16) __builtin_prefetch(out + g.OH * g.OW + i, 1, 2);
       }
     }
 }
@@ -213,8 +226,15 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
         continue;
       }
       const float* __restrict rows = dy + (n * K * g.OH + oh) * g.OW;
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * K + k] = rows[k * g.OH * g.OW + ow];
+      // Each of the K planes is its own stream, too many for the hardware
+      // prefetchers: ask for the row two below (the next tile row's) by hand.
+      const bool ahead = oh + 2 < g.OH;
+      for (int64_t k = 0; k < K; ++k) {
+        const float* __restrict row = rows + k * g.OH * g.OW;
+        for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * K + k] = row[ow];
+        if (ahead)
+          for (int64_t i = 0; i < g.OW; i += 16) __builtin_prefetch(row + 2 * g.OW + i, 0, 2);
+      }
       if (g.OW & 1) std::fill_n(d + g.OW * K, K, 0.0f);  // the last tile's right column is outside
     }
     for (int64_t tx = 0; tx < g.TW; ++tx) {
