@@ -81,16 +81,29 @@ void nchw_channel_stats(double& mean, double& var, const float* x, int64_t c, in
   }
 }
 
+// mean as hi + lo, hi its float rounding: then (x - hi) - lo is x - mean to
+// float precision in float arithmetic, where a plain x - float(mean) would
+// lose log2(|mean| / std) bits (x - hi is exact when x is within a factor 2
+// of hi). The passes over the values run in float with it, twice the lanes of
+// double, and still keep |mean| >> std (1e4 +- 1) float32-accurate.
+struct SplitMean {
+  float hi, lo;
+  explicit SplitMean(double m) : hi(float(m)), lo(float(m - double(float(m)))) {}
+  float centre(float x) const { return (x - hi) - lo; }
+};
+
 // The normalisation of one run of values of a channel: y = (x - m) * scale + shift,
 // then max(y, 0) with the fused ReLU (NaN gives 0, as relu). y may be x.
 void normalize_run(float* y, const float* x, double m, double scale, double shift, int64_t n, bool relu) {
+  const SplitMean sm(m);
+  const float sc = float(scale), sh = float(shift);
   if (relu)
     for (int64_t i = 0; i < n; ++i) {
-      const float v = float((x[i] - m) * scale + shift);
+      const float v = sm.centre(x[i]) * sc + sh;
       y[i] = v > 0 ? v : 0.0f;
     }
   else
-    for (int64_t i = 0; i < n; ++i) y[i] = float((x[i] - m) * scale + shift);
+    for (int64_t i = 0; i < n; ++i) y[i] = sm.centre(x[i]) * sc + sh;
 }
 
 // out(buf, i, len) writes values [i, i + len) of a run of n floats to buf.
@@ -179,14 +192,16 @@ DxCoefficients dx_coefficients(double invstd, const float* gamma, int64_t c, dou
 // (and an infinite x must not turn dx into NaN). relu_y as in nchw_grad_sums.
 void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp,
             const float* __restrict r, DxCoefficients k, double m, int64_t n, bool batch_stats) {
+  const SplitMean sm(m);
+  const float kk = float(k.k), mdy = float(k.mean_dy), q = float(k.q);
   if (r && batch_stats)
-    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * (relu_masked(g[i], r[i]) - k.mean_dy - (xp[i] - m) * k.q));
+    for (int64_t i = 0; i < n; ++i) d[i] = kk * (relu_masked(g[i], r[i]) - mdy - sm.centre(xp[i]) * q);
   else if (r)
-    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * relu_masked(g[i], r[i]));
+    for (int64_t i = 0; i < n; ++i) d[i] = kk * relu_masked(g[i], r[i]);
   else if (batch_stats)
-    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * (g[i] - k.mean_dy - (xp[i] - m) * k.q));
+    for (int64_t i = 0; i < n; ++i) d[i] = kk * (g[i] - mdy - sm.centre(xp[i]) * q);
   else
-    for (int64_t i = 0; i < n; ++i) d[i] = float(k.k * g[i]);
+    for (int64_t i = 0; i < n; ++i) d[i] = kk * g[i];
 }
 
 }  // namespace
@@ -222,8 +237,8 @@ void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int
 
 void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
                          const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout, bool relu) {
-  // y = x * scale + shift with scale = gamma * invstd and shift = beta, except
-  // that x - mean is formed in double so |mean| >> std loses nothing.
+  // y = (x - mean) * scale + shift with scale = gamma * invstd and shift = beta,
+  // x - mean through SplitMean so |mean| >> std loses nothing.
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
@@ -232,14 +247,19 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
       normalize_run(y + p * HW, x + p * HW, mean[c], scale, shift, HW, relu);
     }
   } else {
-    std::vector<double> scale(C), shift(C);
-    for (int64_t c = 0; c < C; ++c) scale[c] = invstd[c] * (gamma ? gamma[c] : 1.0f), shift[c] = beta ? beta[c] : 0.0f;
-    const double *__restrict sc = scale.data(), *__restrict sh = shift.data();
+    // Per channel, as arrays so that a row's loop reads each with vector loads.
+    std::vector<float> coef(4 * C);
+    float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
+    for (int64_t c = 0; c < C; ++c) {
+      const SplitMean sm(mean[c]);
+      hi[c] = sm.hi, lo[c] = sm.lo;
+      sc[c] = float(invstd[c] * (gamma ? gamma[c] : 1.0f)), sh[c] = beta ? beta[c] : 0.0f;
+    }
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t r = 0; r < N * HW; ++r) {
       const float* __restrict xp = x + r * C;
       float* __restrict yp = y + r * C;
-      for (int64_t c = 0; c < C; ++c) yp[c] = float((xp[c] - mean[c]) * sc[c] + sh[c]);
+      for (int64_t c = 0; c < C; ++c) yp[c] = ((xp[c] - hi[c]) - lo[c]) * sc[c] + sh[c];
       if (relu)
         for (int64_t c = 0; c < C; ++c) yp[c] = yp[c] > 0 ? yp[c] : 0.0f;
     }
@@ -324,12 +344,14 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   }
   // NHWC: the coefficients as three arrays, so the loop over a row's channels
   // reads each with contiguous vector loads.
-  std::vector<double> kk(C), mdy(C), q(C);
+  std::vector<float> coef(5 * C);
+  float *__restrict kp = coef.data(), *__restrict mp = kp + C, *__restrict qp = mp + C, *__restrict hi = qp + C,
+                    *__restrict lo = hi + C;
   for (int64_t c = 0; c < C; ++c) {
     const DxCoefficients k = coefficients(c);
-    kk[c] = k.k, mdy[c] = k.mean_dy, q[c] = k.q;
+    const SplitMean sm(mean[c]);
+    kp[c] = float(k.k), mp[c] = float(k.mean_dy), qp[c] = float(k.q), hi[c] = sm.hi, lo[c] = sm.lo;
   }
-  const double *__restrict kp = kk.data(), *__restrict mp = mdy.data(), *__restrict qp = q.data();
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
   for (int64_t r = 0; r < N * HW; ++r) {
     const float *g = dy + r * C, *__restrict xp = x + r * C;  // g may become d below: not restrict
@@ -340,9 +362,9 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
       g = d;
     }
     if (batch_stats)
-      for (int64_t c = 0; c < C; ++c) d[c] = float(kp[c] * (g[c] - mp[c] - (xp[c] - mean[c]) * qp[c]));
+      for (int64_t c = 0; c < C; ++c) d[c] = kp[c] * (g[c] - mp[c] - ((xp[c] - hi[c]) - lo[c]) * qp[c]);
     else
-      for (int64_t c = 0; c < C; ++c) d[c] = float(kp[c] * g[c]);
+      for (int64_t c = 0; c < C; ++c) d[c] = kp[c] * g[c];
   }
 }
 
