@@ -363,8 +363,8 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
     }
     return;
   }
-  // NHWC: the coefficients as three arrays, so the loop over a row's channels
-  // reads each with contiguous vector loads.
+  // NHWC: the coefficients (and the split mean) as arrays, so the loop over a
+  // row's channels reads each with contiguous vector loads.
   std::vector<float> coef(5 * C);
   float *__restrict kp = coef.data(), *__restrict mp = kp + C, *__restrict qp = mp + C, *__restrict hi = qp + C,
                     *__restrict lo = hi + C;

@@ -53,7 +53,7 @@ Geom geom(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t ph, int
 // and M (16 K P floats) together fit in this many bytes, the L2 of one core on
 // the machines this was tuned on (1 MiB per core on Zen 4/5 and Skylake-X), so
 // each xi's sgemm reads and writes L2, not L3. P is also rounded down to a
-// multiple of 64: OpenBLAS's kernels ran 15-30% slower on 40, 84 or 168 columns.
+// multiple of 64: OpenBLAS's kernels ran 13-30% slower on 40, 84 or 168 columns.
 // Measured on one thread (64 -> 64 channels at 16x16): 105 GF/s with 256 tiles
 // (2 MiB), 167 GF/s with 128 (1 MiB); 32 -> 32 at 32x32, whose dw products
 // want long sums, ran dw at 130 GF/s with 256 tiles and 110 with 128.
