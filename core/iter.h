@@ -16,6 +16,14 @@ Shape broadcast_strides(const Tensor& t, const Shape& shape);
 // Minimum number of elements before a loop is split across threads.
 constexpr int64_t kParallelGrain = 1 << 15;
 
+// Asks for floats [p, p + n) to be brought into L2, a cache line at a time,
+// for reading or (Write) for writing. For data the hardware prefetchers miss:
+// they stop at 4 KiB pages and follow only a few streams at once.
+template <bool Write = false>
+inline void prefetch_floats(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, Write ? 1 : 0, 2);
+}
+
 // f(i) for i in [0, n) as one vector loop (f an always_inline lambda). A row
 // shorter than the 8 or 16 lanes the compiler picks would run entirely in its
 // scalar remainder loop, where selects become branches: vectors of 4 lanes

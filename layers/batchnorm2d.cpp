@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../core/autograd.h"
+#include "../core/iter.h"
 #include "activation.h"
 #include "batchnorm_sync.h"
 
@@ -53,9 +54,6 @@ void nhwc_channel_sums(double* out, int64_t rows, int64_t width, F add_row) {
 // and ask for the same segment of the next image's plane (next floats on) as
 // they go; a whole plane asked for at once, the prefetches waited on each other.
 constexpr int64_t kSegment = 256;
-void prefetch_segment(const float* p, int64_t len) {
-  for (int64_t i = 0; i < len; i += 16) __builtin_prefetch(p + i, 0, 2);
-}
 
 // Sum of f(value, c) over channel c of an NCHW tensor, in double: its N planes
 // are contiguous runs of HW floats. simd lets the sum be split across vector
@@ -70,7 +68,7 @@ double nchw_channel_sum(const float* x, int64_t c, int64_t N, int64_t C, int64_t
     const int64_t next = n + 1 < N ? C * HW : 0;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
-      if (next) prefetch_segment(p + next + i0, i1 - i0);
+      if (next) detail::prefetch_floats(p + next + i0, i1 - i0);
 #pragma omp simd reduction(+ : s)
       for (int64_t i = i0; i < i1; ++i) s += f(p[i], c);
     }
@@ -181,8 +179,8 @@ void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const fl
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
       if (next) {
-        prefetch_segment(g + next + i0, i1 - i0), prefetch_segment(xp + next + i0, i1 - i0);
-        if (r) prefetch_segment(r + next + i0, i1 - i0);
+        detail::prefetch_floats(g + next + i0, i1 - i0), detail::prefetch_floats(xp + next + i0, i1 - i0);
+        if (r) detail::prefetch_floats(r + next + i0, i1 - i0);
       }
       if (r) {
 #pragma omp simd reduction(+ : a, b)

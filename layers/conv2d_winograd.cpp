@@ -155,7 +155,7 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
       const float* next = plane + g.H * g.W;
       for (int64_t ty = ty0; ty < ty1; ++ty) {
         const int64_t p0 = lo + (ty - ty0) * share;
-        for (int64_t i = p0; i < std::min(hi, p0 + share); i += 16) __builtin_prefetch(next + i, 0, 2);
+        detail::prefetch_floats(next + p0, std::min(hi, p0 + share) - p0);
         const float* __restrict d0 = pad + 2 * (ty - ty0) * Wp;
         const float *__restrict d1 = d0 + Wp, *__restrict d2 = d1 + Wp, *__restrict d3 = d2 + Wp;
         float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
@@ -207,8 +207,7 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
         if (g.OW & 1) out[g.OW - 1] = even[half] + b;  // the last tile's right column is outside
         // As in input_transform: the next channel's plane starts cold; fetch
         // its row for writing while this channel's tiles are computed.
-        if (k + 1 < g.K)
-          for (int64_t i = 0; i < g.OW; i += 16) __builtin_prefetch(out + g.OH * g.OW + i, 1, 2);
+        if (k + 1 < g.K) detail::prefetch_floats<true>(out + g.OH * g.OW, g.OW);
       }
     }
 }
@@ -229,9 +228,6 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
         continue;
       }
       const float* __restrict rows = dy + (n * K * g.OH + oh) * g.OW;
-      // Each of the K planes is its own stream, too many for the hardware
-      // prefetchers: ask for the row two below (the next tile row's) by hand.
-      const bool ahead = oh + 2 < g.OH;
       const int64_t plane = g.OH * g.OW;
       int64_t k0 = 0;
       // In 4 x 4 blocks through registers: on one thread 20-25% faster than
@@ -248,16 +244,13 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
         }
         for (int i = 0; i < 4; ++i)
           for (int64_t ow = w0; ow < g.OW; ++ow) d[ow * K + k0 + i] = row[i * plane + ow];
-        if (ahead)
-          for (int i = 0; i < 4; ++i)
-            for (int64_t j = 0; j < g.OW; j += 16) __builtin_prefetch(row + i * plane + 2 * g.OW + j, 0, 2);
       }
-      for (int64_t k = k0; k < K; ++k) {
-        const float* __restrict row = rows + k * plane;
-        for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * K + k] = row[ow];
-        if (ahead)
-          for (int64_t i = 0; i < g.OW; i += 16) __builtin_prefetch(row + 2 * g.OW + i, 0, 2);
-      }
+      for (int64_t k = k0; k < K; ++k)
+        for (int64_t ow = 0; ow < g.OW; ++ow) d[ow * K + k] = rows[k * plane + ow];
+      // Each of the K planes is its own stream, too many for the hardware
+      // prefetchers: ask for the row two below (the next tile row's) by hand.
+      if (oh + 2 < g.OH)
+        for (int64_t k = 0; k < K; ++k) detail::prefetch_floats(rows + k * plane + 2 * g.OW, g.OW);
       if (g.OW & 1) std::fill_n(d + g.OW * K, K, 0.0f);  // the last tile's right column is outside
     }
     for (int64_t tx = 0; tx < g.TW; ++tx) {
