@@ -101,11 +101,21 @@ TEST_CASE("BatchNorm2d: freeze gives gamma and beta no gradient and never update
                     Catch::Contains("freeze=true needs track_running_stats=true"));
 }
 
-TEST_CASE("BatchNorm2d: float32-accurate when |mean| >> std") {
+TEST_CASE("BatchNorm2d: float32-accurate when |mean| >> std, both layouts") {
+  // NCHW takes two passes (mean, then squared deviations); NHWC one sweep of
+  // sums shifted by each channel's first value, so its worst case is a first
+  // value far out from the rest: the second input puts 1e4 + 300 there.
   manual_seed(5);
+  const bool outlier = GENERATE(false, true);
+  const Layout layout = GENERATE(Layout::NCHW, Layout::NHWC);
+  CAPTURE(outlier, layout == Layout::NHWC);
   Tensor x = randn({8, 3, 4, 4}) + 1e4f;
-  BatchNorm2d bn(3);
-  Tensor y = bn.forward(x);
+  if (outlier)
+    for (int64_t c = 0; c < 3; ++c) x.data_ptr()[c * 16] = 1e4f + 300.0f;  // (0, c, 0, 0)
+  BatchNorm2d bn(BatchNorm2dOptions(3).layout(layout));
+  const bool nhwc = layout == Layout::NHWC;
+  Tensor y = bn.forward(nhwc ? x.permute({0, 2, 3, 1}).contiguous() : x);
+  if (nhwc) y = y.permute({0, 3, 1, 2}).contiguous();
   Tensor ref = from_vector(reference_forward(x, bn.weight, bn.bias, 1e-5), x.shape());
   NORMA_CHECK_CLOSE(y, ref, 1e-5, 1e-5);
 }
@@ -121,11 +131,13 @@ TEST_CASE("BatchNorm2d: NHWC equals NCHW on the permuted input") {
 }
 
 TEST_CASE("BatchNorm2d: tensors of 16 MiB and more (written with streaming stores) equal NHWC, fwd and bwd") {
-  // NCHW writes y and dx of tensors this large with streaming stores (planes
-  // whose start is 64-byte aligned; the odd shape mixes them with unaligned
-  // planes and leaves chunk tails); NHWC never does, so it is the reference.
+  // Both layouts write y and dx of tensors this large with streaming stores
+  // through an L1 buffer, each by its own code (NCHW a plane at a time, NHWC
+  // whole rows at a time), so each checks the other. The odd shape leaves
+  // unaligned starts and chunk tails; 300 channels are wider than NHWC's
+  // buffer, which it then writes directly.
   manual_seed(8);
-  const Shape shape = GENERATE(Shape{17, 4, 255, 255}, Shape{8, 2, 512, 512});
+  const Shape shape = GENERATE(Shape{17, 4, 255, 255}, Shape{8, 2, 512, 512}, Shape{1, 300, 120, 120});
   const bool relu = GENERATE(false, true);
   CAPTURE(shape, relu);
   const int64_t C = shape[1];
