@@ -118,6 +118,12 @@ struct SplitMean {
   float centre(float x) const { return (x - hi) - lo; }
 };
 
+// One normalised value from x - mean (xc): every kernel goes through this, so
+// that the fused ReLU's backward, which recomputes the forward's output to
+// find where it was positive, gets the same float arithmetic to the bit
+// (whether the compiler fuses the multiply and add into one instruction).
+inline float bn_value(float xc, float scale, float shift) { return xc * scale + shift; }
+
 // The normalisation of one run of values of a channel: y = (x - m) * scale + shift,
 // then max(y, 0) with the fused ReLU (NaN gives 0, as relu). y may be x.
 void normalize_run(float* y, const float* x, double m, double scale, double shift, int64_t n, bool relu) {
@@ -125,11 +131,11 @@ void normalize_run(float* y, const float* x, double m, double scale, double shif
   const float sc = float(scale), sh = float(shift);
   if (relu)
     for (int64_t i = 0; i < n; ++i) {
-      const float v = sm.centre(x[i]) * sc + sh;
+      const float v = bn_value(sm.centre(x[i]), sc, sh);
       y[i] = v > 0 ? v : 0.0f;
     }
   else
-    for (int64_t i = 0; i < n; ++i) y[i] = sm.centre(x[i]) * sc + sh;
+    for (int64_t i = 0; i < n; ++i) y[i] = bn_value(sm.centre(x[i]), sc, sh);
 }
 
 // out(buf, i, len) writes values [i, i + len) of a run of n floats to buf.
@@ -209,25 +215,35 @@ inline float relu_masked(float g, float r) {
   return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(r > 0));
 }
 
+// The fused ReLU in the backward: a channel's scale and shift as the forward
+// used them. The passes recompute the forward's output r = bn_value(x - mean,
+// scale, shift) for relu_masked from x, which they read anyway, instead of
+// reading r back from memory: one tensor less in each pass. beta null is 0.
+struct FusedRelu {
+  float scale, shift;
+};
+FusedRelu fused_relu(const double* invstd, const float* gamma, const float* beta, int64_t c) {
+  return {float(invstd[c] * (gamma ? gamma[c] : 1.0f)), beta ? beta[c] : 0.0f};
+}
+
 // sum(dy) and sum(dy (x - mean)) over channel c of NCHW tensors, in one sweep,
 // (x - mean) formed per element (sum(dy x) - mean sum(dy) would cancel). With
-// relu_y (the fused ReLU's output), dy counts only where relu_y > 0.
-void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const float* x, const float* relu_y,
+// relu (the fused ReLU), dy counts only where the forward's output was positive.
+void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const float* x, const FusedRelu* relu,
                     double m, int64_t c, int64_t N, int64_t C, int64_t HW) {
+  const SplitMean sm(m);
   double a = 0, b = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t o = (n * C + c) * HW, next = n + 1 < N ? C * HW : 0;
-    const float *g = dy + o, *xp = x + o, *r = relu_y ? relu_y + o : nullptr;
+    const float *g = dy + o, *xp = x + o;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
-      if (next) {
-        detail::prefetch_floats(g + next + i0, i1 - i0), detail::prefetch_floats(xp + next + i0, i1 - i0);
-        if (r) detail::prefetch_floats(r + next + i0, i1 - i0);
-      }
-      if (r) {
+      if (next) detail::prefetch_floats(g + next + i0, i1 - i0), detail::prefetch_floats(xp + next + i0, i1 - i0);
+      if (relu) {
+        const float sc = relu->scale, sh = relu->shift;
 #pragma omp simd reduction(+ : a, b)
         for (int64_t i = i0; i < i1; ++i) {
-          const float gi = relu_masked(g[i], r[i]);
+          const float gi = relu_masked(g[i], bn_value(sm.centre(xp[i]), sc, sh));
           a += gi, b += gi * (xp[i] - m);
         }
       } else {
@@ -250,15 +266,20 @@ DxCoefficients dx_coefficients(double invstd, const float* gamma, int64_t c, dou
 }
 
 // dx over one run of values of a channel. Without batch_stats x plays no part
-// (and an infinite x must not turn dx into NaN). relu_y as in nchw_grad_sums.
-void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp,
-            const float* __restrict r, DxCoefficients k, double m, int64_t n, bool batch_stats) {
+// but the fused ReLU's (and an infinite x must not turn dx into NaN). relu as
+// in nchw_grad_sums.
+void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp, const FusedRelu* relu,
+            DxCoefficients k, double m, int64_t n, bool batch_stats) {
   const SplitMean sm(m);
   const float kk = float(k.k), mdy = float(k.mean_dy), q = float(k.q);
-  if (r && batch_stats)
-    for (int64_t i = 0; i < n; ++i) d[i] = kk * (relu_masked(g[i], r[i]) - mdy - sm.centre(xp[i]) * q);
-  else if (r)
-    for (int64_t i = 0; i < n; ++i) d[i] = kk * relu_masked(g[i], r[i]);
+  const float sc = relu ? relu->scale : 0.0f, sh = relu ? relu->shift : 0.0f;
+  if (relu && batch_stats)
+    for (int64_t i = 0; i < n; ++i) {
+      const float xc = sm.centre(xp[i]);
+      d[i] = kk * (relu_masked(g[i], bn_value(xc, sc, sh)) - mdy - xc * q);
+    }
+  else if (relu)
+    for (int64_t i = 0; i < n; ++i) d[i] = kk * relu_masked(g[i], bn_value(sm.centre(xp[i]), sc, sh));
   else if (batch_stats)
     for (int64_t i = 0; i < n; ++i) d[i] = kk * (g[i] - mdy - sm.centre(xp[i]) * q);
   else
@@ -328,7 +349,7 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
       const auto [r0, r1] = thread_rows(N * HW);
       stream_rows(y, r0, r1, C, stream, [&](float* __restrict yp, int64_t r) {
         const float* __restrict xp = x + r * C;
-        for (int64_t c = 0; c < C; ++c) yp[c] = ((xp[c] - hi[c]) - lo[c]) * sc[c] + sh[c];
+        for (int64_t c = 0; c < C; ++c) yp[c] = bn_value((xp[c] - hi[c]) - lo[c], sc[c], sh[c]);
         if (relu)
           for (int64_t c = 0; c < C; ++c) yp[c] = yp[c] > 0 ? yp[c] : 0.0f;
       });
@@ -368,39 +389,49 @@ void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invs
 
 void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
                                  const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
-                                 Layout layout, const float* relu_y) {
+                                 Layout layout, bool relu, const float* gamma, const float* beta) {
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
-      nchw_grad_sums(sum_dy[c], sum_dy_xhat[c], dy, x, relu_y, mean[c], c, N, C, HW);
+      const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
+      nchw_grad_sums(sum_dy[c], sum_dy_xhat[c], dy, x, relu ? &fr : nullptr, mean[c], c, N, C, HW);
       sum_dy_xhat[c] *= invstd[c];
     }
     return;
   }
   std::vector<double> sums(2 * C);  // sum(dy) per channel, then sum(dy (x - mean))
+  // The fused ReLU's per-channel split mean, scale and shift as arrays, read
+  // with vector loads across a row.
+  std::vector<float> coef(relu ? 4 * C : 0);
+  float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
+  for (int64_t c = 0; c < C && relu; ++c) {
+    const SplitMean sm(mean[c]);
+    const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
+    hi[c] = sm.hi, lo[c] = sm.lo, sc[c] = fr.scale, sh[c] = fr.shift;
+  }
   nhwc_channel_sums(sums.data(), N * HW, 2 * C, [&](double* __restrict acc, int64_t r, auto rows) {
     const float *__restrict g = dy + r * C, *__restrict xp = x + r * C;
-    const float* __restrict ry = relu_y ? relu_y + r * C : nullptr;
     const double* __restrict m = mean;
     auto add = [&](bool masked) {  // masked a constant in each loop: one version with the ReLU, one without
       for (int64_t c = 0; c < C; ++c) {
         double s = 0, s2 = 0;
         for (int j = 0; j < rows; ++j) {
           const int64_t i = j * C + c;
-          const float gc = masked ? relu_masked(g[i], ry[i]) : g[i];
+          const float gc = masked ? relu_masked(g[i], bn_value((xp[i] - hi[c]) - lo[c], sc[c], sh[c])) : g[i];
           s += gc, s2 += gc * (xp[i] - m[c]);
         }
         acc[c] += s, acc[C + c] += s2;
       }
     };
-    if (ry) add(true);
+    if (relu) add(true);
     else add(false);
-  });  for (int64_t c = 0; c < C; ++c) sum_dy[c] = sums[c], sum_dy_xhat[c] = sums[C + c] * invstd[c];
+  });
+  for (int64_t c = 0; c < C; ++c) sum_dy[c] = sums[c], sum_dy_xhat[c] = sums[C + c] * invstd[c];
 }
 
 void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
                              const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
-                             int64_t C, int64_t HW, Layout layout, bool batch_stats, const float* relu_y) {
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats, bool relu, const float* beta) {
   // One pass: dx = k (dy - sum_dy/M - xhat sum_dy_xhat/M) with k = invstd * gamma and
   // xhat = (x - mean) invstd, or dx = k dy when the statistics were constants.
   // Per channel: dx = k (dy - mean_dy - (x - mean) q) with q = invstd sum_dy_xhat / M.
@@ -409,24 +440,26 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   };
   if (layout == Layout::NCHW) {
     std::vector<DxCoefficients> k(C);
-    for (int64_t c = 0; c < C; ++c) k[c] = coefficients(c);
+    std::vector<FusedRelu> fr(C);
+    for (int64_t c = 0; c < C; ++c) k[c] = coefficients(c), fr[c] = fused_relu(invstd, gamma, beta, c);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t c = p % C;
-      dx_run(dx + p * HW, dy + p * HW, x + p * HW, relu_y ? relu_y + p * HW : nullptr, k[c], mean[c], HW,
-             batch_stats);
+      dx_run(dx + p * HW, dy + p * HW, x + p * HW, relu ? &fr[c] : nullptr, k[c], mean[c], HW, batch_stats);
     }
     return;
   }
   // NHWC: the coefficients (and the split mean) as arrays, so the loop over a
   // row's channels reads each with contiguous vector loads.
-  std::vector<float> coef(5 * C);
+  std::vector<float> coef(7 * C);
   float *__restrict kp = coef.data(), *__restrict mp = kp + C, *__restrict qp = mp + C, *__restrict hi = qp + C,
-                    *__restrict lo = hi + C;
+                    *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
   for (int64_t c = 0; c < C; ++c) {
     const DxCoefficients k = coefficients(c);
     const SplitMean sm(mean[c]);
+    const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
     kp[c] = float(k.k), mp[c] = float(k.mean_dy), qp[c] = float(k.q), hi[c] = sm.hi, lo[c] = sm.lo;
+    sc[c] = fr.scale, sh[c] = fr.shift;
   }
   const bool stream = streams(N * C * HW);
 #pragma omp parallel if (N * C * HW >= (1 << 15))
@@ -434,9 +467,8 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
     const auto [r0, r1] = thread_rows(N * HW);
     stream_rows(dx, r0, r1, C, stream, [&](float* __restrict d, int64_t r) {
       const float *g = dy + r * C, *__restrict xp = x + r * C;  // g may become d below: not restrict
-      if (relu_y) {  // dy through the fused ReLU first, into d, then dx over it
-        const float* __restrict ry = relu_y + r * C;
-        for (int64_t c = 0; c < C; ++c) d[c] = relu_masked(g[c], ry[c]);
+      if (relu) {  // dy through the fused ReLU first, into d, then dx over it
+        for (int64_t c = 0; c < C; ++c) d[c] = relu_masked(g[c], bn_value((xp[c] - hi[c]) - lo[c], sc[c], sh[c]));
         g = d;
       }
       if (batch_stats)
@@ -450,7 +482,7 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
 
 void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
                           const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats, const float* relu_y) {
+                          bool batch_stats, bool relu, const float* beta) {
   const double M = double(N * HW);
   if (layout == Layout::NCHW && dx) {
     // A channel at a time, as batchnorm2d_forward_train: its two sums, then its
@@ -459,7 +491,8 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
       double sum_dy, sum_dy_xhat;
-      nchw_grad_sums(sum_dy, sum_dy_xhat, dy, x, relu_y, mean[c], c, N, C, HW);
+      const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
+      nchw_grad_sums(sum_dy, sum_dy_xhat, dy, x, relu ? &fr : nullptr, mean[c], c, N, C, HW);
       sum_dy_xhat *= invstd[c];
       if (dbeta) dbeta[c] = float(sum_dy);
       if (dgamma) dgamma[c] = float(sum_dy_xhat);
@@ -467,7 +500,7 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
       for (int64_t n = 0; n < N; ++n) {
         const int64_t o = (n * C + c) * HW;
         stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
-          dx_run(out, dy + o + i, x + o + i, relu_y ? relu_y + o + i : nullptr, k, mean[c], len, batch_stats);
+          dx_run(out, dy + o + i, x + o + i, relu ? &fr : nullptr, k, mean[c], len, batch_stats);
         });
       }
       if (stream) stream_fence();
@@ -475,14 +508,15 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
     return;
   }
   std::vector<double> sum_dy(C), sum_dy_xhat(C);
-  batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, N, C, HW, layout, relu_y);
+  batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dy, x, mean, invstd, N, C, HW, layout, relu, gamma,
+                              beta);
   for (int64_t c = 0; c < C; ++c) {
     if (dbeta) dbeta[c] = float(sum_dy[c]);
     if (dgamma) dgamma[c] = float(sum_dy_xhat[c]);
   }
   if (dx)
     batchnorm2d_backward_dx(dx, dy, x, mean, invstd, gamma, sum_dy.data(), sum_dy_xhat.data(), M, N, C, HW, layout,
-                            batch_stats, relu_y);
+                            batch_stats, relu, beta);
 }
 
 // ---------------------------------------------------------------- the op
@@ -581,9 +615,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     return y;
   }
 
-  // The fused ReLU's backward needs its output (dy counts where y > 0).
-  Tensor relu_y = a.relu ? y.detach() : Tensor();
-  autograd::record(y, a.relu ? "batch_norm2d_relu" : "batch_norm2d", inputs, [x, weight, bias, xc, wc, relu_y, mean,
+  // The fused ReLU's backward recomputes the sign of its output from x, with gamma and beta as they were.
+  autograd::record(y, a.relu ? "batch_norm2d_relu" : "batch_norm2d", inputs, [x, weight, bias, xc, wc, bc, mean,
                                                                            invstd, N, C, HW, M_backward,
                                                                            a](const Tensor& dy) {
     Tensor dyc = dy.contiguous();
@@ -591,16 +624,16 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     const bool affine_grads = a.affine_grad && (weight.requires_grad() || bias.requires_grad());
     Tensor dw = affine_grads ? empty({C}) : Tensor(), db = affine_grads ? empty({C}) : Tensor();
     const float* gamma = wc.defined() ? wc.data_ptr() : nullptr;
-    const float* ry = relu_y.defined() ? relu_y.data_ptr() : nullptr;
+    const float* beta = bc.defined() ? bc.data_ptr() : nullptr;
     // dgamma and dbeta are this rank's share; the trainer averages them.
     if (!(a.process_group && a.use_batch_stats)) {
       batchnorm2d_backward(dx.defined() ? dx.data_ptr() : nullptr, affine_grads ? dw.data_ptr() : nullptr,
                            affine_grads ? db.data_ptr() : nullptr, dyc.data_ptr(), xc.data_ptr(), mean->data(),
-                           invstd->data(), gamma, N, C, HW, a.layout, a.use_batch_stats, ry);
+                           invstd->data(), gamma, N, C, HW, a.layout, a.use_batch_stats, a.relu, beta);
     } else {  // the two sums are all-reduced over the group between the halves
       std::vector<double> sum_dy(C), sum_dy_xhat(C);
       batchnorm2d_backward_reduce(sum_dy.data(), sum_dy_xhat.data(), dyc.data_ptr(), xc.data_ptr(), mean->data(),
-                                  invstd->data(), N, C, HW, a.layout, ry);
+                                  invstd->data(), N, C, HW, a.layout, a.relu, gamma, beta);
       for (int64_t c = 0; c < C && affine_grads; ++c) {
         db.data_ptr()[c] = float(sum_dy[c]);
         dw.data_ptr()[c] = float(sum_dy_xhat[c]);
@@ -608,7 +641,8 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
       if (dx.defined()) {  // every rank: x requires grad on all of them alike
         batchnorm_sync_grad_sums(sum_dy.data(), sum_dy_xhat.data(), C, *a.process_group);
         batchnorm2d_backward_dx(dx.data_ptr(), dyc.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma,
-                                sum_dy.data(), sum_dy_xhat.data(), M_backward, N, C, HW, a.layout, true, ry);
+                                sum_dy.data(), sum_dy_xhat.data(), M_backward, N, C, HW, a.layout, true, a.relu,
+                                beta);
       }
     }
     autograd::accumulate(x, dx);
@@ -616,7 +650,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
       autograd::accumulate(weight, dw);
       autograd::accumulate(bias, db);
     }
-  }, a.relu ? std::vector<Tensor>{xc, wc, relu_y} : std::vector<Tensor>{xc, wc});
+  }, a.relu ? std::vector<Tensor>{xc, wc, bc} : std::vector<Tensor>{xc, wc});
   return y;
 }
 

@@ -121,8 +121,9 @@ struct BatchNormArgs {
 
 // ---- kernels on raw contiguous pointers. M = N * HW values per channel.
 // relu (forward) fuses a ReLU after the normalisation: y = max(bn(x), 0), NaN
-// giving 0 as relu does. relu_y (backward) is that fused output: dy then counts
-// only where relu_y > 0 (ReLU's backward, taken in the same pass); null: no ReLU.
+// giving 0 as relu does. relu (backward): dy counts only where that fused
+// output was positive (ReLU's backward, taken in the same pass), which the
+// kernels recompute from x with the forward's gamma and beta.
 // Batch statistics of each channel, in double.
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method);
@@ -141,17 +142,19 @@ void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invs
 // channel by channel (the two sums, then dx) like batchnorm2d_forward_train.
 void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
                           const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats, const float* relu_y = nullptr);
+                          bool batch_stats, bool relu = false, const float* beta = nullptr);
 // The backward in two halves (what SyncBatchNorm all-reduces in between): the
 // two reductions per channel, then
 // dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M) with M values
 // behind the statistics (dx = dy * gamma * invstd without batch_stats).
 void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
                                  const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
-                                 Layout layout, const float* relu_y = nullptr);
+                                 Layout layout, bool relu = false, const float* gamma = nullptr,
+                                 const float* beta = nullptr);
 void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
                              const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
-                             int64_t C, int64_t HW, Layout layout, bool batch_stats, const float* relu_y = nullptr);
+                             int64_t C, int64_t HW, Layout layout, bool batch_stats, bool relu = false,
+                             const float* beta = nullptr);
 
 // ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
 // bias (C) may be undefined (affine off); running_mean/var (C) are updated in

@@ -138,6 +138,25 @@ TEST_CASE("batch_norm2d relu=true: gradcheck in both layouts, train and eval") {
     }
 }
 
+TEST_CASE("batch_norm2d relu=true: the backward needs gamma and beta as the forward saw them") {
+  // The fused backward finds where the output was positive from x, gamma and
+  // beta (it does not keep the output): changing beta in place in between
+  // would move that boundary, so it makes the backward throw instead.
+  manual_seed(24);
+  Tensor x = randn({2, 3, 4, 4}).requires_grad_();
+  Tensor g = (rand({3}) + 0.5f).requires_grad_(), b = randn({3}).requires_grad_();
+  Tensor rm = zeros({3}), rv = ones({3});
+  BatchNormArgs a;
+  a.relu = true;
+  Tensor y = batch_norm2d(x, g, b, rm, rv, a);
+  {
+    NoGradGuard no_grad;
+    b.add_(1.0f);
+  }
+  CHECK_THROWS_WITH(y.sum().backward(),
+                    Catch::Contains("saved by 'batch_norm2d_relu'") && Catch::Contains("modified in place"));
+}
+
 TEST_CASE("Sequential fuses a BatchNorm2d followed by a ReLU, and only that pair") {
   manual_seed(24);
   struct MyReLU : ReLU {  // a subclass may compute something else: never fused
