@@ -402,7 +402,7 @@ void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const floa
   std::vector<double> sums(2 * C);  // sum(dy) per channel, then sum(dy (x - mean))
   // The fused ReLU's per-channel split mean, scale and shift as arrays, read
   // with vector loads across a row.
-  std::vector<float> coef(relu ? 4 * C : 0);
+  std::vector<float> coef(4 * C);
   float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
   for (int64_t c = 0; c < C && relu; ++c) {
     const SplitMean sm(mean[c]);
