@@ -78,6 +78,13 @@ TEST_CASE("conv2d: Winograd F(2x2, 3x3) matches the naive loops forward and back
                           w.data_ptr(), s);
     NORMA_CHECK_CLOSE(dx, dx_ref, 1e-4, 1e-4);
     NORMA_CHECK_CLOSE(dw, dw_ref, 2e-4, 1e-4);
+    // dx alone and dw alone (a frozen weight, an input that needs no gradient)
+    // give what they give together.
+    Tensor dx_only = full(x.shape(), NAN), dw_only = full(w.shape(), NAN);
+    conv2d_winograd_backward(dx_only.data_ptr(), nullptr, dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+    conv2d_winograd_backward(nullptr, dw_only.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+    CHECK(dx_only.to_vector() == dx.to_vector());
+    CHECK(dw_only.to_vector() == dw.to_vector());
   }
 }
 
