@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <memory>
 #include <vector>
@@ -58,8 +59,11 @@ namespace {
 // The CNN case, 2x2 windows with stride 2 and no padding, without the general
 // loop's bounds and branches: the same choice (ties keep the first maximum, a
 // NaN wins) as selects the compiler can vectorise (omp simd): cifar-small's first
-// pool at batch 128 went from 11.2 to 1.1 ms.
-void maxpool2x2_forward(float* y, int64_t* indices, const float* x, const PoolShape& s) {
+// pool at batch 128 went from 11.2 to 1.1 ms. The argmax is kept as its place
+// in the window (0-3, row by row), an int32 where the general kernels' offset
+// is an int64: 4 MiB to write and read back for that pool instead of 8. (As
+// bytes the loop no longer vectorised.)
+void maxpool2x2_forward(float* y, int32_t* arg, const float* x, const PoolShape& s) {
   const int64_t P = s.N * s.C;
 #pragma omp parallel for schedule(static) if (P > 1 && P * s.H * s.W >= kParallelGrain)
   for (int64_t p = 0; p < P; ++p)
@@ -67,31 +71,49 @@ void maxpool2x2_forward(float* y, int64_t* indices, const float* x, const PoolSh
       const float* __restrict r0 = x + (p * s.H + 2 * oh) * s.W;
       const float* __restrict r1 = r0 + s.W;
       float* __restrict yo = y + (p * s.OH + oh) * s.OW;
-      int64_t* __restrict io = indices + (p * s.OH + oh) * s.OW;
-      const int64_t i0 = 2 * oh * s.W, W = s.W;
+      int32_t* __restrict ao = arg + (p * s.OH + oh) * s.OW;
       auto window = [&](int64_t ow) __attribute__((always_inline)) {
         const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
-        const int64_t at[4] = {0, 1, W, W + 1};  // offsets in the window
         float best = v[0];
-        int64_t arg = 0;
+        int a = 0;
         for (int j = 1; j < 4; ++j) {
           const bool take = v[j] > best || v[j] != v[j];
           best = take ? v[j] : best;
-          arg = take ? at[j] : arg;
+          a = take ? j : a;
         }
         yo[ow] = best;
-        io[ow] = i0 + 2 * ow + arg;
+        ao[ow] = a;
       };
       // simd_for: rows of 4 (cifar-small's last pool, 8 -> 4) ran in the scalar
       // remainder loop, 2 ms for 1M inputs where the 16x16 pool takes 0.4 for 2M.
       detail::simd_for(s.OW, window);
     }
 }
+
+// Its backward: each window's dy goes to its argmax (dx zeroed first, a plane
+// at a time while it is in cache, as the general backward does; writing each
+// window's four values straight out, as selects, ran 4x slower).
+void maxpool2x2_backward(float* dx, const float* dy, const int32_t* arg, const PoolShape& s) {
+  const int64_t P = s.N * s.C;
+#pragma omp parallel for schedule(static) if (P > 1 && P * s.H * s.W >= kParallelGrain)
+  for (int64_t p = 0; p < P; ++p) {
+    float* dxp = dx + p * s.H * s.W;
+    std::fill_n(dxp, s.H * s.W, 0.0f);
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      const float* g = dy + (p * s.OH + oh) * s.OW;
+      const int32_t* a = arg + (p * s.OH + oh) * s.OW;
+      float* row = dxp + 2 * oh * s.W;
+      for (int64_t ow = 0; ow < s.OW; ++ow) row[(a[ow] >> 1) * s.W + 2 * ow + (a[ow] & 1)] += g[ow];
+    }
+  }
+}
+
+bool is_2x2(const PoolShape& s) {
+  return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0;
+}
 }  // namespace
 
 void maxpool2d_forward(float* y, int64_t* indices, const float* x, const PoolShape& s) {
-  if (s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0)
-    return maxpool2x2_forward(y, indices, x, s);
   const int64_t P = s.N * s.C;
 #pragma omp parallel for schedule(static) if (P > 1 && P * s.H * s.W >= kParallelGrain)
   for (int64_t p = 0; p < P; ++p) {
@@ -128,14 +150,14 @@ void maxpool2d_backward(float* dx, const float* dy, const int64_t* indices, cons
 }
 
 namespace {
-// The argmax of each window, kept for backward. It comes from the caching
-// allocator: a fresh std::vector (8 MB for cifar-small's first pool at batch
-// 128) faulted its pages in every step and cost more than the pooling itself.
+// The argmax of each window, kept for backward: bytes (2x2) or offsets. It
+// comes from the caching allocator: a fresh std::vector (8 MB for cifar-small's
+// first pool at batch 128, before the bytes) faulted its pages in every step
+// and cost more than the pooling itself.
 struct PoolIndices {
   size_t bytes;
-  int64_t* data;
-  explicit PoolIndices(int64_t n)
-      : bytes(std::max<size_t>(size_t(n) * sizeof(int64_t), 1)), data(static_cast<int64_t*>(cached_alloc(bytes))) {}
+  void* data;
+  PoolIndices(int64_t n, size_t each) : bytes(std::max<size_t>(size_t(n) * each, 1)), data(cached_alloc(bytes)) {}
   ~PoolIndices() { cached_free(data, bytes); }
   PoolIndices(const PoolIndices&) = delete;
   PoolIndices& operator=(const PoolIndices&) = delete;
@@ -147,11 +169,18 @@ Tensor max_pool2d(const Tensor& x, Size2 kernel_size, std::optional<Size2> strid
   PoolShape s = pool2d_shape("max_pool2d", x.shape(), kernel_size, stride, padding);
   Tensor xc = x.contiguous();
   Tensor y = empty({s.N, s.C, s.OH, s.OW});
-  auto indices = std::make_shared<PoolIndices>(y.numel());  // (N, C, OH, OW)
-  maxpool2d_forward(y.data_ptr(), indices->data, xc.data_ptr(), s);
-  autograd::record(y, "max_pool2d", {x}, [x, indices, s](const Tensor& dy) {
+  const bool small = is_2x2(s);
+  auto indices = std::make_shared<PoolIndices>(y.numel(), small ? sizeof(int32_t) : sizeof(int64_t));  // (N, C, OH, OW)
+  if (small)
+    maxpool2x2_forward(y.data_ptr(), static_cast<int32_t*>(indices->data), xc.data_ptr(), s);
+  else
+    maxpool2d_forward(y.data_ptr(), static_cast<int64_t*>(indices->data), xc.data_ptr(), s);
+  autograd::record(y, "max_pool2d", {x}, [x, indices, s, small](const Tensor& dy) {
     Tensor dyc = dy.contiguous(), dx = empty(x.shape());
-    maxpool2d_backward(dx.data_ptr(), dyc.data_ptr(), indices->data, s);
+    if (small)
+      maxpool2x2_backward(dx.data_ptr(), dyc.data_ptr(), static_cast<const int32_t*>(indices->data), s);
+    else
+      maxpool2d_backward(dx.data_ptr(), dyc.data_ptr(), static_cast<const int64_t*>(indices->data), s);
     autograd::accumulate(x, dx);
   });
   return y;
