@@ -27,14 +27,16 @@ double median(std::vector<double> v) {
 // Forward and backward time of each child of a Sequential, run one layer at a
 // time on the activations a real forward produces (training mode). A
 // BatchNorm2d and the ReLU after it run fused, as in Sequential::forward: one
-// row named "1+2".
+// row named "1+2" ("4+5+6" with a 2x2 MaxPool2d after them).
 std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, int64_t reps) {
   std::vector<LayerTime> out;
   const auto children = seq.named_children();
   Tensor x = input;
   for (size_t i = 0; i < children.size(); ++i) {
     const auto& [name, layer] = children[i];
-    const bool fused = i + 1 < children.size() && nn::fuses_with_relu(*layer, *children[i + 1].second);
+    const bool pooled = i + 2 < children.size() &&
+                        nn::fuses_with_relu_pool(*layer, *children[i + 1].second, *children[i + 2].second);
+    const bool fused = pooled || (i + 1 < children.size() && nn::fuses_with_relu(*layer, *children[i + 1].second));
     std::vector<double> fwd, bwd;
     Tensor y;
     // The first layer's input is the data, which needs no gradient in a real
@@ -44,7 +46,9 @@ std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, 
     for (int64_t r = 0; r < reps; ++r) {
       Tensor xi = data_input ? x.detach() : x.detach().requires_grad_();
       auto t0 = Clock::now();
-      y = fused ? static_cast<nn::BatchNorm2d&>(*layer).forward_relu(xi) : layer->forward(xi);
+      y = pooled  ? static_cast<nn::BatchNorm2d&>(*layer).forward_relu_pool(xi)
+          : fused ? static_cast<nn::BatchNorm2d&>(*layer).forward_relu(xi)
+                  : layer->forward(xi);
       fwd.push_back(ms_since(t0));
       Tensor dy = ones(y.shape());
       t0 = Clock::now();
@@ -52,7 +56,11 @@ std::vector<LayerTime> profile_layers(nn::Sequential& seq, const Tensor& input, 
       bwd.push_back(ms_since(t0));
       layer->zero_grad();
     }
-    if (fused)
+    if (pooled) {
+      out.push_back({name + "+" + children[i + 1].first + "+" + children[i + 2].first,
+                     layer->name() + "+ReLU+MaxPool2d", median(fwd), median(bwd)});
+      i += 2;
+    } else if (fused)
       out.push_back({name + "+" + children[++i].first, layer->name() + "+ReLU", median(fwd), median(bwd)});
     else
       out.push_back({name, layer->name(), median(fwd), median(bwd)});

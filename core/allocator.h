@@ -24,6 +24,18 @@ void* cached_alloc(size_t bytes);
 // Returns a block obtained from cached_alloc(bytes) to its free list.
 void cached_free(void* p, size_t bytes);
 
+// A block from cached_alloc, held for the object's lifetime (what a max pool
+// keeps of its argmax for the backward, say): a fresh std::vector of a few MiB
+// faults its pages in again every step.
+struct CachedBuffer {
+  size_t bytes;
+  void* data;
+  explicit CachedBuffer(size_t n) : bytes(n > 0 ? n : 1), data(cached_alloc(bytes)) {}
+  ~CachedBuffer() { cached_free(data, bytes); }
+  CachedBuffer(const CachedBuffer&) = delete;
+  CachedBuffer& operator=(const CachedBuffer&) = delete;
+};
+
 // The size class a request of `bytes` is rounded up to: four classes per power
 // of two, so rounding wastes at most 25%.
 size_t size_class(size_t bytes);

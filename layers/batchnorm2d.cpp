@@ -19,10 +19,12 @@
 #include <utility>
 #include <vector>
 
+#include "../core/allocator.h"
 #include "../core/autograd.h"
 #include "../core/iter.h"
 #include "activation.h"
 #include "batchnorm_sync.h"
+#include "pooling.h"
 
 namespace norma::nn {
 
@@ -215,30 +217,35 @@ inline float relu_masked(float g, float r) {
   return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(r > 0));
 }
 
-// The fused ReLU in the backward: a channel's scale and shift as the forward
-// used them. The passes recompute the forward's output r = bn_value(x - mean,
-// scale, shift) for relu_masked from x, which they read anyway, instead of
-// reading r back from memory: one tensor less in each pass. beta null is 0.
-struct FusedRelu {
+// A channel's scale and shift as the forward uses them. The fused ReLU's
+// backward recomputes the forward's output r = bn_value(x - mean, scale, shift)
+// for relu_masked from x, which it reads anyway, instead of reading r back
+// from memory: one tensor less in each pass. beta null is 0.
+struct ScaleShift {
   float scale, shift;
 };
-FusedRelu fused_relu(const double* invstd, const float* gamma, const float* beta, int64_t c) {
+ScaleShift scale_shift(const double* invstd, const float* gamma, const float* beta, int64_t c) {
   return {float(invstd[c] * (gamma ? gamma[c] : 1.0f)), beta ? beta[c] : 0.0f};
 }
 
 // sum(dy) and sum(dy (x - mean)) over channel c of NCHW tensors, in one sweep,
 // (x - mean) formed per element (sum(dy x) - mean sum(dy) would cancel). With
 // relu (the fused ReLU), dy counts only where the forward's output was positive.
-void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const float* x, const FusedRelu* relu,
+// dy_plane(n) gives image n's plane of dy and the next image's (to prefetch, or
+// null): a plane of the tensor, or one the fused pool's backward fills in.
+template <class Planes>
+void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, Planes dy_plane, const float* x, const ScaleShift* relu,
                     double m, int64_t c, int64_t N, int64_t C, int64_t HW) {
   const SplitMean sm(m);
   double a = 0, b = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t o = (n * C + c) * HW, next = n + 1 < N ? C * HW : 0;
-    const float *g = dy + o, *xp = x + o;
+    const auto [g, g_next] = dy_plane(n);
+    const float* xp = x + o;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
-      if (next) detail::prefetch_floats(g + next + i0, i1 - i0), detail::prefetch_floats(xp + next + i0, i1 - i0);
+      if (g_next) detail::prefetch_floats(g_next + i0, i1 - i0);
+      if (next) detail::prefetch_floats(xp + next + i0, i1 - i0);
       if (relu) {
         const float sc = relu->scale, sh = relu->shift;
 #pragma omp simd reduction(+ : a, b)
@@ -255,6 +262,16 @@ void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, const float* dy, const fl
   sum_dy = a, sum_dy_xc = b;
 }
 
+// Channel c's planes of an NCHW tensor, for nchw_grad_sums.
+struct TensorPlanes {
+  const float* t;
+  int64_t c, N, C, HW;
+  std::pair<const float*, const float*> operator()(int64_t n) const {
+    const float* p = t + (n * C + c) * HW;
+    return {p, n + 1 < N ? p + C * HW : nullptr};
+  }
+};
+
 // Per-channel constants of dx = k (dy - mean_dy - (x - mean) q) (see batchnorm2d_backward_dx).
 struct DxCoefficients {
   double k, mean_dy, q;
@@ -268,7 +285,7 @@ DxCoefficients dx_coefficients(double invstd, const float* gamma, int64_t c, dou
 // dx over one run of values of a channel. Without batch_stats x plays no part
 // but the fused ReLU's (and an infinite x must not turn dx into NaN). relu as
 // in nchw_grad_sums.
-void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp, const FusedRelu* relu,
+void dx_run(float* __restrict d, const float* __restrict g, const float* __restrict xp, const ScaleShift* relu,
             DxCoefficients k, double m, int64_t n, bool batch_stats) {
   const SplitMean sm(m);
   const float kk = float(k.k), mdy = float(k.mean_dy), q = float(k.q);
@@ -393,8 +410,9 @@ void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const floa
   if (layout == Layout::NCHW) {
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
-      const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
-      nchw_grad_sums(sum_dy[c], sum_dy_xhat[c], dy, x, relu ? &fr : nullptr, mean[c], c, N, C, HW);
+      const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
+      nchw_grad_sums(sum_dy[c], sum_dy_xhat[c], TensorPlanes{dy, c, N, C, HW}, x, relu ? &fr : nullptr, mean[c], c,
+                     N, C, HW);
       sum_dy_xhat[c] *= invstd[c];
     }
     return;
@@ -406,7 +424,7 @@ void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const floa
   float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
   for (int64_t c = 0; c < C && relu; ++c) {
     const SplitMean sm(mean[c]);
-    const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
+    const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
     hi[c] = sm.hi, lo[c] = sm.lo, sc[c] = fr.scale, sh[c] = fr.shift;
   }
   nhwc_channel_sums(sums.data(), N * HW, 2 * C, [&](double* __restrict acc, int64_t r, auto rows) {
@@ -440,8 +458,8 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   };
   if (layout == Layout::NCHW) {
     std::vector<DxCoefficients> k(C);
-    std::vector<FusedRelu> fr(C);
-    for (int64_t c = 0; c < C; ++c) k[c] = coefficients(c), fr[c] = fused_relu(invstd, gamma, beta, c);
+    std::vector<ScaleShift> fr(C);
+    for (int64_t c = 0; c < C; ++c) k[c] = coefficients(c), fr[c] = scale_shift(invstd, gamma, beta, c);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t p = 0; p < N * C; ++p) {
       const int64_t c = p % C;
@@ -457,7 +475,7 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   for (int64_t c = 0; c < C; ++c) {
     const DxCoefficients k = coefficients(c);
     const SplitMean sm(mean[c]);
-    const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
+    const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
     kp[c] = float(k.k), mp[c] = float(k.mean_dy), qp[c] = float(k.q), hi[c] = sm.hi, lo[c] = sm.lo;
     sc[c] = fr.scale, sh[c] = fr.shift;
   }
@@ -491,8 +509,9 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
       double sum_dy, sum_dy_xhat;
-      const FusedRelu fr = fused_relu(invstd, gamma, beta, c);
-      nchw_grad_sums(sum_dy, sum_dy_xhat, dy, x, relu ? &fr : nullptr, mean[c], c, N, C, HW);
+      const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
+      nchw_grad_sums(sum_dy, sum_dy_xhat, TensorPlanes{dy, c, N, C, HW}, x, relu ? &fr : nullptr, mean[c], c, N, C,
+                     HW);
       sum_dy_xhat *= invstd[c];
       if (dbeta) dbeta[c] = float(sum_dy);
       if (dgamma) dgamma[c] = float(sum_dy_xhat);
@@ -517,6 +536,139 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
   if (dx)
     batchnorm2d_backward_dx(dx, dy, x, mean, invstd, gamma, sum_dy.data(), sum_dy_xhat.data(), M, N, C, HW, layout,
                             batch_stats, relu, beta);
+}
+
+// ---------------------------------------------------------------- with a 2x2 max pool (NCHW)
+
+namespace {
+// One plane's y (H/2, W/2): the max over each 2x2 window (stride 2) of the
+// normalised values (through the ReLU with relu), and arg, the max's place in
+// its window (0-3, row by row), chosen as max_pool2d chooses (ties keep the
+// first, a NaN wins). A last odd row or column is in no window.
+template <bool Relu>
+void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, ScaleShift ss, int64_t H, int64_t W) {
+  const SplitMean sm(m);
+  const float sc = ss.scale, sh = ss.shift;  // locals: loads through the lambda's captures kept it scalar
+  const int64_t OW = W / 2;
+  for (int64_t oh = 0; oh < H / 2; ++oh) {
+    const float* __restrict r0 = x + 2 * oh * W;
+    const float* __restrict r1 = r0 + W;
+    float* __restrict yo = y + oh * OW;
+    int32_t* __restrict ao = arg + oh * OW;
+    detail::simd_for(OW, [&](int64_t ow) __attribute__((always_inline)) {
+      float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
+      for (int j = 0; j < 4; ++j) {
+        v[j] = bn_value(sm.centre(v[j]), sc, sh);
+        if (Relu) v[j] = v[j] > 0 ? v[j] : 0.0f;
+      }
+      float best = v[0];
+      int a = 0;
+      for (int j = 1; j < 4; ++j) {
+        const bool take = v[j] > best || v[j] != v[j];
+        best = take ? v[j] : best;
+        a = take ? j : a;
+      }
+      yo[ow] = best;
+      ao[ow] = a;
+    });
+  }
+}
+void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, ScaleShift ss, int64_t H, int64_t W,
+                          bool relu) {
+  if (relu)
+    normalize_pool_plane<true>(y, arg, x, m, ss, H, W);
+  else
+    normalize_pool_plane<false>(y, arg, x, m, ss, H, W);
+}
+
+// The pool's backward for one plane: g (H, W) gets dy at each window's
+// argmax and 0 elsewhere, added into zeros as max_pool2d's backward does, so
+// the passes after it see the gradient the unfused BatchNorm would.
+void unpool_plane(float* g, const float* dy, const int32_t* arg, int64_t H, int64_t W) {
+  std::fill_n(g, H * W, 0.0f);
+  const int64_t OW = W / 2;
+  for (int64_t oh = 0; oh < H / 2; ++oh)
+    for (int64_t ow = 0; ow < OW; ++ow) {
+      const int32_t a = arg[oh * OW + ow];
+      g[(2 * oh + (a >> 1)) * W + 2 * ow + (a & 1)] += dy[oh * OW + ow];
+    }
+}
+}  // namespace
+
+void batchnorm2d_pool_forward(float* y, int32_t* arg, const float* x, const double* mean, const double* invstd,
+                              const float* gamma, const float* beta, int64_t N, int64_t C, int64_t H, int64_t W,
+                              bool relu) {
+  const int64_t HW = H * W, OHW = (H / 2) * (W / 2);
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+  for (int64_t p = 0; p < N * C; ++p) {
+    const int64_t c = p % C;
+    normalize_pool_plane(y + p * OHW, arg + p * OHW, x + p * HW, mean[c], scale_shift(invstd, gamma, beta, c), H, W,
+                         relu);
+  }
+}
+
+void batchnorm2d_pool_forward_train(float* y, int32_t* arg, double* mean, double* var, double* invstd, const float* x,
+                                    const float* gamma, const float* beta, double eps, int64_t N, int64_t C, int64_t H,
+                                    int64_t W, VarianceMethod method, bool relu) {
+  // A channel at a time, as batchnorm2d_forward_train: the pool reads the
+  // planes the statistics brought into L2, and only the pooled quarter (and
+  // its argmax) goes out to memory.
+  const int64_t HW = H * W, OHW = (H / 2) * (W / 2);
+#pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
+  for (int64_t c = 0; c < C; ++c) {
+    nchw_channel_stats(mean[c], var[c], x, c, N, C, HW, method);
+    invstd[c] = 1.0 / std::sqrt(var[c] + eps);
+    const ScaleShift ss = scale_shift(invstd, gamma, beta, c);
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t p = n * C + c;
+      normalize_pool_plane(y + p * OHW, arg + p * OHW, x + p * HW, mean[c], ss, H, W, relu);
+    }
+  }
+}
+
+void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const int32_t* arg,
+                               const float* x, const double* mean, const double* invstd, const float* gamma,
+                               const float* beta, int64_t N, int64_t C, int64_t H, int64_t W, bool batch_stats,
+                               bool relu) {
+  // batchnorm2d_backward's channel-at-a-time passes, on each plane's dy
+  // unpooled into a buffer of this thread's: the full-size gradient between
+  // the pool and the BatchNorm is never written to memory. The sums pass
+  // unpools the channel's planes, and the dx pass finds them there (in L2)
+  // when they fit in kKeep floats; else it unpools each plane again.
+  constexpr int64_t kKeep = int64_t(1) << 18;  // 1 MiB
+  const int64_t HW = H * W, OHW = (H / 2) * (W / 2);
+  const double M = double(N * HW);
+  const bool stream = dx && streams(N * C * HW), keep = N * HW <= kKeep;
+#pragma omp parallel if (N * C * HW >= (1 << 15))
+  {
+    std::vector<float> buf(keep ? N * HW : HW);
+    auto unpooled = [&](int64_t c, int64_t n) {
+      const int64_t p = n * C + c;
+      float* g = buf.data() + (keep ? n * HW : 0);
+      unpool_plane(g, dy + p * OHW, arg + p * OHW, H, W);
+      return g;
+    };
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      const ScaleShift ss = scale_shift(invstd, gamma, beta, c);
+      double sum_dy, sum_dy_xhat;
+      auto planes = [&](int64_t n) { return std::pair<const float*, const float*>{unpooled(c, n), nullptr}; };
+      nchw_grad_sums(sum_dy, sum_dy_xhat, planes, x, relu ? &ss : nullptr, mean[c], c, N, C, HW);
+      sum_dy_xhat *= invstd[c];
+      if (dbeta) dbeta[c] = float(sum_dy);
+      if (dgamma) dgamma[c] = float(sum_dy_xhat);
+      if (!dx) continue;
+      const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t o = (n * C + c) * HW;
+        const float* g = keep ? buf.data() + n * HW : unpooled(c, n);
+        stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
+          dx_run(out, g + i, x + o + i, relu ? &ss : nullptr, k, mean[c], len, batch_stats);
+        });
+      }
+      if (stream) stream_fence();
+    }
+  }
 }
 
 // ---------------------------------------------------------------- the op
@@ -559,6 +711,16 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
          "(run inference under NoGradGuard, or set inplace=false)", x.shape());
   if (a.inplace && !x.is_contiguous())
     fail("batch_norm2d: inplace=true needs a contiguous input, got {} with strides {}", x.shape(), x.strides());
+  if (a.pool) {
+    if (a.layout != Layout::NCHW)
+      fail("batch_norm2d: pool=true pools (N, C, H, W) planes, but the input {} is NHWC (N, H, W, C)", x.shape());
+    if (a.process_group || a.inplace) {  // statistics synced between the passes, or y written over x: two ops
+      BatchNormArgs b = a;
+      b.pool = false;
+      return max_pool2d(batch_norm2d(x, weight, bias, running_mean, running_var, b), 2);
+    }
+    pool2d_shape("max_pool2d", x.shape(), 2, std::nullopt, 0);  // max_pool2d's error for planes under 2x2
+  }
 
   Tensor xc = x.contiguous();
   // mean and invstd in double, shared with the backward closure (they are
@@ -568,13 +730,22 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
   Tensor wc = weight.defined() ? weight.contiguous() : Tensor();
   Tensor bc = bias.defined() ? bias.contiguous() : Tensor();
   const float *gamma = wc.defined() ? wc.data_ptr() : nullptr, *beta = bc.defined() ? bc.data_ptr() : nullptr;
-  Tensor y = a.inplace ? x : empty(x.shape());
+  const int64_t H = x.size(2), W = x.size(3);  // with pool (NCHW)
+  Tensor y = a.inplace ? x : a.pool ? empty({N, C, H / 2, W / 2}) : empty(x.shape());
+  // The pool's argmax in each window, for the backward.
+  auto arg = a.pool ? std::make_shared<CachedBuffer>(size_t(y.numel()) * sizeof(int32_t))
+                    : std::shared_ptr<CachedBuffer>();
+  int32_t* argp = arg ? static_cast<int32_t*>(arg->data) : nullptr;
   bool normalised = false;  // y written already (statistics and normalisation in one kernel)
   if (a.use_batch_stats) {
     std::vector<double> var(C);
     if (!a.process_group) {
-      batchnorm2d_forward_train(y.data_ptr(), mean->data(), var.data(), invstd->data(), xc.data_ptr(), gamma, beta,
-                                a.eps, N, C, HW, a.layout, a.variance_method, a.relu);
+      if (a.pool)
+        batchnorm2d_pool_forward_train(y.data_ptr(), argp, mean->data(), var.data(), invstd->data(), xc.data_ptr(),
+                                       gamma, beta, a.eps, N, C, H, W, a.variance_method, a.relu);
+      else
+        batchnorm2d_forward_train(y.data_ptr(), mean->data(), var.data(), invstd->data(), xc.data_ptr(), gamma,
+                                  beta, a.eps, N, C, HW, a.layout, a.variance_method, a.relu);
       normalised = true;
     } else {
       batchnorm2d_stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
@@ -608,17 +779,22 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
       (*invstd)[c] = 1.0 / std::sqrt(double(rv[c]) + a.eps);
     }
   }
-  if (!normalised) batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma, beta, N, C, HW,
-                                       a.layout, a.relu);
+  if (!normalised && a.pool)
+    batchnorm2d_pool_forward(y.data_ptr(), argp, xc.data_ptr(), mean->data(), invstd->data(), gamma, beta, N, C, H, W,
+                             a.relu);
+  else if (!normalised)
+    batchnorm2d_forward(y.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma, beta, N, C, HW, a.layout,
+                        a.relu);
   if (a.inplace) {  // no graph to record (checked above)
     x.storage()->version++;
     return y;
   }
 
   // The fused ReLU's backward recomputes the sign of its output from x, with gamma and beta as they were.
-  autograd::record(y, a.relu ? "batch_norm2d_relu" : "batch_norm2d", inputs, [x, weight, bias, xc, wc, bc, mean,
-                                                                           invstd, N, C, HW, M_backward,
-                                                                           a](const Tensor& dy) {
+  const char* name = a.pool ? (a.relu ? "batch_norm2d_relu_pool" : "batch_norm2d_pool")
+                             : (a.relu ? "batch_norm2d_relu" : "batch_norm2d");
+  autograd::record(y, name, inputs, [x, weight, bias, xc, wc, bc, mean, invstd, arg, N, C, H, W, HW, M_backward,
+                                     a](const Tensor& dy) {
     Tensor dyc = dy.contiguous();
     Tensor dx = x.requires_grad() ? empty(x.shape()) : Tensor();
     const bool affine_grads = a.affine_grad && (weight.requires_grad() || bias.requires_grad());
@@ -626,7 +802,12 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     const float* gamma = wc.defined() ? wc.data_ptr() : nullptr;
     const float* beta = bc.defined() ? bc.data_ptr() : nullptr;
     // dgamma and dbeta are this rank's share; the trainer averages them.
-    if (!(a.process_group && a.use_batch_stats)) {
+    if (a.pool) {
+      batchnorm2d_pool_backward(dx.defined() ? dx.data_ptr() : nullptr, affine_grads ? dw.data_ptr() : nullptr,
+                                affine_grads ? db.data_ptr() : nullptr, dyc.data_ptr(),
+                                static_cast<const int32_t*>(arg->data), xc.data_ptr(), mean->data(), invstd->data(),
+                                gamma, beta, N, C, H, W, a.use_batch_stats, a.relu);
+    } else if (!(a.process_group && a.use_batch_stats)) {
       batchnorm2d_backward(dx.defined() ? dx.data_ptr() : nullptr, affine_grads ? dw.data_ptr() : nullptr,
                            affine_grads ? db.data_ptr() : nullptr, dyc.data_ptr(), xc.data_ptr(), mean->data(),
                            invstd->data(), gamma, N, C, HW, a.layout, a.use_batch_stats, a.relu, beta);
@@ -718,7 +899,9 @@ void BatchNorm2d::reset_parameters() {
 Tensor BatchNorm2d::forward(const Tensor& x) { return forward_impl(x, false); }
 Tensor BatchNorm2d::forward_relu(const Tensor& x) { return forward_impl(x, true); }
 
-Tensor BatchNorm2d::forward_impl(const Tensor& x, bool relu) {
+Tensor BatchNorm2d::forward_relu_pool(const Tensor& x) { return forward_impl(x, true, true); }
+
+Tensor BatchNorm2d::forward_impl(const Tensor& x, bool relu, bool pool) {
   const BatchNorm2dOptions& o = options;
   if (!is_materialized() && x.defined() && x.dim() == 4) materialize(x.size(o.layout_ == Layout::NCHW ? 1 : 3));
   BatchNormArgs a;
@@ -729,6 +912,7 @@ Tensor BatchNorm2d::forward_impl(const Tensor& x, bool relu) {
   a.affine_grad = !o.freeze_;
   a.inplace = o.inplace_;
   a.relu = relu;
+  a.pool = pool;
   if (is_training()) {  // statistics are synced in training only (PyTorch's SyncBatchNorm too)
     a.process_group = o.process_group_;
     a.sync_rule = o.sync_rule_;
@@ -762,6 +946,13 @@ std::string BatchNorm2d::extra_repr() const {
 
 bool fuses_with_relu(const Module& bn, const Module& relu) {
   return typeid(bn) == typeid(BatchNorm2d) && typeid(relu) == typeid(ReLU);
+}
+
+bool fuses_with_relu_pool(const Module& bn, const Module& relu, const Module& pool) {
+  if (!fuses_with_relu(bn, relu) || typeid(pool) != typeid(MaxPool2d)) return false;
+  const auto& p = static_cast<const MaxPool2d&>(pool);
+  return static_cast<const BatchNorm2d&>(bn).options.layout_ == Layout::NCHW && p.kernel_size.h == 2 &&
+         p.kernel_size.w == 2 && p.stride.h == 2 && p.stride.w == 2 && p.padding.h == 0 && p.padding.w == 0;
 }
 
 }  // namespace norma::nn

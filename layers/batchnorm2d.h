@@ -117,6 +117,11 @@ struct BatchNormArgs {
   // one node, in one pass forward and backward (nn::Sequential uses it for a
   // BatchNorm2d followed by a ReLU).
   bool relu = false;
+  // A 2x2, stride-2 max pool fused after that: the op returns
+  // max_pool2d(..., 2) of its output as one node (nn::Sequential uses it for a
+  // BatchNorm2d, a ReLU and such a MaxPool2d in a row). NCHW only; over a
+  // process group, or in place, the op runs the pool after itself instead.
+  bool pool = false;
 };
 
 // ---- kernels on raw contiguous pointers. M = N * HW values per channel.
@@ -156,6 +161,22 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
                              int64_t C, int64_t HW, Layout layout, bool batch_stats, bool relu = false,
                              const float* beta = nullptr);
 
+// With a 2x2, stride-2 max pool fused after the normalisation (and the ReLU),
+// NCHW, x (N, C, H, W): y (N, C, H/2, W/2) is max_pool2d of the normalised
+// values and arg (same shape) the max's place in each window (0-3, row by
+// row); the backward takes dy (N, C, H/2, W/2) through the pool first. The
+// same values as the kernels above followed by max_pool2d.
+void batchnorm2d_pool_forward(float* y, int32_t* arg, const float* x, const double* mean, const double* invstd,
+                              const float* gamma, const float* beta, int64_t N, int64_t C, int64_t H, int64_t W,
+                              bool relu);
+void batchnorm2d_pool_forward_train(float* y, int32_t* arg, double* mean, double* var, double* invstd, const float* x,
+                                    const float* gamma, const float* beta, double eps, int64_t N, int64_t C, int64_t H,
+                                    int64_t W, VarianceMethod method, bool relu);
+void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const int32_t* arg,
+                               const float* x, const double* mean, const double* invstd, const float* gamma,
+                               const float* beta, int64_t N, int64_t C, int64_t H, int64_t W, bool batch_stats,
+                               bool relu);
+
 // ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
 // bias (C) may be undefined (affine off); running_mean/var (C) are updated in
 // place when args.momentum >= 0, and used when !args.use_batch_stats. With
@@ -178,6 +199,9 @@ class BatchNorm2d : public Module {
   // relu(forward(x)) in one pass forward and backward (the ReLU fused into the
   // op): what nn::Sequential runs for a BatchNorm2d followed by a ReLU.
   Tensor forward_relu(const Tensor& x);
+  // max_pool2d(relu(forward(x)), 2) in one pass forward and backward: what
+  // nn::Sequential runs for a BatchNorm2d, a ReLU and a 2x2 MaxPool2d.
+  Tensor forward_relu_pool(const Tensor& x);
   // Creates the parameters and buffers for C channels and initialises them
   // (what the constructor does when num_features > 0); a no-op when the module
   // already has C channels, an error when it has another count.
@@ -196,12 +220,16 @@ class BatchNorm2d : public Module {
   Tensor num_batches_tracked;  // () buffer: training forwards so far (t of the momentum rule)
 
  private:
-  Tensor forward_impl(const Tensor& x, bool relu);
+  Tensor forward_impl(const Tensor& x, bool relu, bool pool = false);
 };
 
 // Whether `bn` then `relu` run as one op, bn.forward_relu(x): bn is exactly a
 // BatchNorm2d and relu exactly a ReLU (a subclass may override forward).
 // nn::Sequential and nn::BasicBlock fuse such pairs.
 bool fuses_with_relu(const Module& bn, const Module& relu);
+// Whether `bn`, `relu` and `pool` run as one op, bn.forward_relu_pool(x): the
+// pair above, bn NCHW, and pool exactly a MaxPool2d of 2x2 windows, stride 2,
+// no padding. nn::Sequential fuses such triples.
+bool fuses_with_relu_pool(const Module& bn, const Module& relu, const Module& pool);
 
 }  // namespace norma::nn

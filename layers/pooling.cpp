@@ -149,28 +149,14 @@ void maxpool2d_backward(float* dx, const float* dy, const int64_t* indices, cons
   }
 }
 
-namespace {
-// The argmax of each window, kept for backward: bytes (2x2) or offsets. It
-// comes from the caching allocator: a fresh std::vector (8 MB for cifar-small's
-// first pool at batch 128, before the bytes) faulted its pages in every step
-// and cost more than the pooling itself.
-struct PoolIndices {
-  size_t bytes;
-  void* data;
-  PoolIndices(int64_t n, size_t each) : bytes(std::max<size_t>(size_t(n) * each, 1)), data(cached_alloc(bytes)) {}
-  ~PoolIndices() { cached_free(data, bytes); }
-  PoolIndices(const PoolIndices&) = delete;
-  PoolIndices& operator=(const PoolIndices&) = delete;
-};
-}  // namespace
-
 Tensor max_pool2d(const Tensor& x, Size2 kernel_size, std::optional<Size2> stride, Size2 padding) {
   check_input("max_pool2d", x);
   PoolShape s = pool2d_shape("max_pool2d", x.shape(), kernel_size, stride, padding);
   Tensor xc = x.contiguous();
   Tensor y = empty({s.N, s.C, s.OH, s.OW});
   const bool small = is_2x2(s);
-  auto indices = std::make_shared<PoolIndices>(y.numel(), small ? sizeof(int32_t) : sizeof(int64_t));  // (N, C, OH, OW)
+  // The argmax of each window (N, C, OH, OW), kept for backward.
+  auto indices = std::make_shared<CachedBuffer>(size_t(y.numel()) * (small ? sizeof(int32_t) : sizeof(int64_t)));
   if (small)
     maxpool2x2_forward(y.data_ptr(), static_cast<int32_t*>(indices->data), xc.data_ptr(), s);
   else

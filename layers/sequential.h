@@ -27,11 +27,16 @@ class Sequential : public Module {
     return m;
   }
   // A BatchNorm2d followed by a ReLU runs as one op (fuses_with_relu): one
-  // pass over the activations each way instead of two.
+  // pass over the activations each way instead of two; so does such a pair
+  // followed by a 2x2 MaxPool2d (fuses_with_relu_pool), whose full-size
+  // output is then never written.
   Tensor forward(const Tensor& x) override {
     Tensor h = x;
-    for (size_t i = 0; i < modules_.size(); ++i)
-      if (i + 1 < modules_.size() && fuses_with_relu(*modules_[i], *modules_[i + 1]))
+    const size_t n = modules_.size();
+    for (size_t i = 0; i < n; ++i)
+      if (i + 2 < n && fuses_with_relu_pool(*modules_[i], *modules_[i + 1], *modules_[i + 2]))
+        h = static_cast<BatchNorm2d&>(*modules_[i]).forward_relu_pool(h), i += 2;
+      else if (i + 1 < n && fuses_with_relu(*modules_[i], *modules_[i + 1]))
         h = static_cast<BatchNorm2d&>(*modules_[i++]).forward_relu(h);
       else
         h = modules_[i]->forward(h);

@@ -6,6 +6,7 @@
 
 #include <norma/layers/activation.h>
 #include <norma/layers/batchnorm2d.h>
+#include <norma/layers/pooling.h>
 #include <norma/layers/residual.h>
 #include <norma/layers/sequential.h>
 
@@ -205,4 +206,166 @@ TEST_CASE("BasicBlock fuses its first BatchNorm2d and ReLU") {
   CHECK(max_abs_diff(y, want) == 0);
   CHECK(max_abs_diff(x.grad(), x2.grad()) == 0);
   CHECK(max_abs_diff(block.conv1->parameters()[0].grad(), same.conv1->parameters()[0].grad()) == 0);
+}
+
+// ---- with the 2x2 max pool fused after (BatchNormArgs::pool)
+
+namespace {
+// max_pool2d(relu?(batch_norm2d(x)), 2) forward and backward, fused or as
+// separate ops, on copies of the same inputs; with the ReLU, dy has NaN at a
+// few places where the pooled output is 0 (no gradient gets through there).
+Run run_pool(bool fused, bool with_relu, const Tensor& x0, const Tensor& g0, const Tensor& b0, const Tensor& dy0,
+             BatchNormArgs a) {
+  Run r;
+  Tensor x = x0.clone().requires_grad_();
+  Tensor g = g0.defined() ? g0.clone().requires_grad_(a.affine_grad) : Tensor();
+  Tensor b = b0.defined() ? b0.clone().requires_grad_(a.affine_grad) : Tensor();
+  r.running_mean = full({x0.size(1)}, 0.5f);
+  r.running_var = full(r.running_mean.shape(), 2.0f);
+  a.relu = with_relu && fused, a.pool = fused;
+  Tensor y = batch_norm2d(x, g, b, r.running_mean, r.running_var, a);
+  if (!fused) y = max_pool2d(with_relu ? relu(y) : y, 2);
+  r.y = y.detach();
+  Tensor dy = dy0.clone();
+  if (with_relu) {
+    float* d = dy.data_ptr();
+    const float* out = r.y.data_ptr();
+    for (int64_t i = 0, put = 0; i < dy.numel() && put < 5; ++i)
+      if (out[i] == 0) d[i] = NAN, ++put;
+  }
+  y.backward(dy);
+  r.dx = x.grad();
+  if (g.defined() && a.affine_grad) r.dgamma = g.grad(), r.dbeta = b.grad();
+  return r;
+}
+}  // namespace
+
+TEST_CASE("batch_norm2d pool=true: bit for bit max_pool2d(relu(batch_norm2d(x)), 2), every mode") {
+  manual_seed(31);
+  // Small (one thread), large (threads over channels; dx written with streaming
+  // stores from 16 MiB on is another test's), odd sizes (a last row and column
+  // in no window, which still get dx from the BatchNorm).
+  for (Shape shape : {Shape{4, 3, 6, 4}, Shape{16, 3, 32, 32}, Shape{3, 2, 5, 7}})
+    for (bool with_relu : {true, false})
+      for (bool affine : {true, false})
+        for (int mode = 0; mode < 3; ++mode) {  // 0 train, 1 eval, 2 freeze
+          CAPTURE(shape, with_relu, affine, mode);
+          const int64_t C = shape[1];
+          Tensor x = randn(shape) * 2.0f + 0.3f;
+          Tensor dy = randn({shape[0], C, shape[2] / 2, shape[3] / 2});
+          Tensor g = affine ? rand({C}) + 0.5f : Tensor(), b = affine ? randn({C}) : Tensor();
+          BatchNormArgs a;
+          a.use_batch_stats = mode == 0;
+          a.affine_grad = mode != 2;
+          a.momentum = mode == 0 ? 0.1 : -1;
+          const Run fused = run_pool(true, with_relu, x, g, b, dy, a), plain = run_pool(false, with_relu, x, g, b, dy, a);
+          CHECK(max_abs_diff(fused.y, plain.y) == 0);
+          CHECK(max_abs_diff(fused.dx, plain.dx) == 0);
+          CHECK(max_abs_diff(fused.running_mean, plain.running_mean) == 0);
+          CHECK(max_abs_diff(fused.running_var, plain.running_var) == 0);
+          if (plain.dgamma.defined()) {
+            CHECK(max_abs_diff(fused.dgamma, plain.dgamma) == 0);
+            CHECK(max_abs_diff(fused.dbeta, plain.dbeta) == 0);
+          }
+          for (float v : fused.dx.to_vector()) REQUIRE(std::isfinite(v));
+        }
+}
+
+TEST_CASE("batch_norm2d pool=true: NaN inputs win their window as in max_pool2d and gradcheck passes") {
+  manual_seed(32);
+  Tensor x = randn({2, 2, 4, 4});
+  x.data_ptr()[5] = NAN;  // image 0, channel 0, row 1, column 1: window (0, 0)
+  for (bool with_relu : {true, false}) {
+    CAPTURE(with_relu);
+    BatchNormArgs a;
+    a.use_batch_stats = false;  // running statistics: the NaN stays in its own window
+    const Run fused = run_pool(true, with_relu, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a);
+    const Run plain = run_pool(false, with_relu, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a);
+    CHECK(std::isnan(fused.y.at({0, 0, 0, 0})) == !with_relu);  // the ReLU turns a NaN into 0
+    CHECK(std::isnan(max_abs_diff(fused.y, plain.y)) == false);
+    CHECK(max_abs_diff(fused.y, plain.y) == 0);
+  }
+  // Finite differences across the ReLU's kink or a change of argmax mean
+  // nothing: x is drawn again until every window's largest normalised value
+  // is 0.05 clear of 0 and of the window's next value.
+  for (bool train : {true, false}) {
+    CAPTURE(train);
+    Tensor g = (rand({2}) + 0.5f).requires_grad_(), b = (randn({2}) * 0.5f).requires_grad_();
+    Tensor rm = randn({2}), rv = rand({2}) + 0.5f;
+    BatchNormArgs a;
+    a.use_batch_stats = train;
+    Tensor xg;
+    for (int tries = 0;; ++tries) {
+      REQUIRE(tries < 10000);
+      xg = randn({2, 2, 4, 2}).requires_grad_();
+      NoGradGuard guard;
+      const std::vector<float> v = batch_norm2d(xg, g, b, rm, rv, a).to_vector();
+      bool clear = true;
+      for (int64_t p = 0; p < 4 && clear; ++p)
+        for (int64_t w = 0; w < 2 && clear; ++w) {  // window (p, 2w .. 2w+1 rows, both columns)
+          std::vector<float> win;
+          for (int64_t i : {0, 1, 2, 3}) win.push_back(v[size_t(p * 8 + (2 * w + i / 2) * 2 + i % 2)]);
+          std::sort(win.begin(), win.end());
+          clear = std::fabs(win[3]) > 0.05f && win[3] - win[2] > 0.05f;
+        }
+      if (clear) break;
+    }
+    a.relu = true, a.pool = true;
+    auto r = gradcheck([&](const std::vector<Tensor>& in) { return batch_norm2d(in[0], in[1], in[2], rm, rv, a); },
+                       {xg, g, b});
+    INFO(r.message);
+    CHECK(r.ok);
+  }
+}
+
+TEST_CASE("batch_norm2d pool=true: NHWC is an error and over a process group it runs the two ops") {
+  BatchNormArgs a;
+  a.pool = true;
+  a.layout = Layout::NHWC;
+  Tensor rm = zeros({3}), rv = ones({3});
+  CHECK_THROWS_WITH(batch_norm2d(randn({2, 4, 4, 3}), Tensor(), Tensor(), rm, rv, a),
+                    Catch::Contains("batch_norm2d: pool=true pools (N, C, H, W) planes, but the input (2, 4, 4, 3) "
+                                    "is NHWC (N, H, W, C)"));
+  a.layout = Layout::NCHW;
+  CHECK_THROWS_WITH(batch_norm2d(randn({2, 3, 1, 4}), Tensor(), Tensor(), rm, rv, a),
+                    Catch::Contains("max_pool2d") && Catch::Contains("(2, 3, 1, 4)"));
+  manual_seed(33);
+  Tensor x = randn({4, 3, 6, 6}), dy = randn({4, 3, 3, 3}), g = rand({3}) + 0.5f, b = randn({3});
+  a.process_group = dist::single_process();
+  const Run grouped = run_pool(true, true, x, g, b, dy, a);
+  a.process_group = nullptr;
+  const Run local = run_pool(true, true, x, g, b, dy, a);
+  CHECK(grouped.y.shape() == Shape{4, 3, 3, 3});
+  NORMA_CHECK_CLOSE(grouped.y, local.y, 1e-6, 1e-6);
+  NORMA_CHECK_CLOSE(grouped.dx, local.dx, 1e-5, 1e-6);
+  NORMA_CHECK_CLOSE(grouped.dgamma, local.dgamma, 1e-5, 1e-6);
+}
+
+TEST_CASE("Sequential fuses a BatchNorm2d with a ReLU and a 2x2 MaxPool2d after it and only those") {
+  manual_seed(34);
+  auto bn = std::make_shared<BatchNorm2d>(3);
+  Sequential fused{bn, std::make_shared<ReLU>(), std::make_shared<MaxPool2d>(2)};
+  Sequential wide{std::make_shared<BatchNorm2d>(3), std::make_shared<ReLU>(), std::make_shared<MaxPool2d>(3)};
+  Sequential overlapping{std::make_shared<BatchNorm2d>(3), std::make_shared<ReLU>(),
+                         std::make_shared<MaxPool2d>(2, Size2(1))};
+  Sequential nhwc{std::make_shared<BatchNorm2d>(BatchNorm2dOptions(3).layout(Layout::NHWC)), std::make_shared<ReLU>(),
+                  std::make_shared<MaxPool2d>(2)};
+  CHECK(fuses_with_relu_pool(*fused[0], *fused[1], *fused[2]));
+  CHECK_FALSE(fuses_with_relu_pool(*wide[0], *wide[1], *wide[2]));
+  CHECK_FALSE(fuses_with_relu_pool(*overlapping[0], *overlapping[1], *overlapping[2]));
+  CHECK_FALSE(fuses_with_relu_pool(*nhwc[0], *nhwc[1], *nhwc[2]));
+
+  Tensor x = randn({4, 3, 6, 6}).requires_grad_();
+  Tensor y = fused.forward(x);
+  REQUIRE(y.grad_fn());
+  CHECK(y.grad_fn()->name == "batch_norm2d_relu_pool");
+  CHECK(bn->num_batches_tracked.item() == 1.0f);
+  BatchNorm2d twin(3);
+  CHECK(max_abs_diff(y, max_pool2d(relu(twin.forward(x)), 2)) == 0);
+  CHECK(max_abs_diff(bn->running_var, twin.running_var) == 0);
+  CHECK(wide.forward(x).grad_fn()->name == "max_pool2d");
+
+  fused.eval(), twin.eval();
+  NoGradGuard guard;
+  CHECK(max_abs_diff(fused.forward(x), max_pool2d(relu(twin.forward(x)), 2)) == 0);
 }
