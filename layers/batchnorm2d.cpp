@@ -240,7 +240,8 @@ void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, Planes dy_plane, const fl
   double a = 0, b = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t o = (n * C + c) * HW, next = n + 1 < N ? C * HW : 0;
-    const auto [g, g_next] = dy_plane(n);
+    const std::pair<const float*, const float*> planes = dy_plane(n);
+    const float *g = planes.first, *g_next = planes.second;  // (clang 14 cannot use structured bindings under omp simd)
     const float* xp = x + o;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
