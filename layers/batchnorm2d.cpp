@@ -642,10 +642,13 @@ void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const flo
   const bool stream = dx && streams(N * C * HW), keep = N * HW <= kKeep;
 #pragma omp parallel if (N * C * HW >= (1 << 15))
   {
-    std::vector<float> buf(keep ? N * HW : HW);
+    // From the caching allocator: up to 1 MiB a thread each call, which a
+    // fresh std::vector would fault in again every step.
+    const CachedBuffer mem(size_t(keep ? N * HW : HW) * sizeof(float));
+    float* const buf = static_cast<float*>(mem.data);
     auto unpooled = [&](int64_t c, int64_t n) {
       const int64_t p = n * C + c;
-      float* g = buf.data() + (keep ? n * HW : 0);
+      float* g = buf + (keep ? n * HW : 0);
       unpool_plane(g, dy + p * OHW, arg + p * OHW, H, W);
       return g;
     };
@@ -662,7 +665,7 @@ void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const flo
       const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
       for (int64_t n = 0; n < N; ++n) {
         const int64_t o = (n * C + c) * HW;
-        const float* g = keep ? buf.data() + n * HW : unpooled(c, n);
+        const float* g = keep ? buf + n * HW : unpooled(c, n);
         stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
           dx_run(out, g + i, x + o + i, relu ? &ss : nullptr, k, mean[c], len, batch_stats);
         });
