@@ -562,15 +562,7 @@ void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, Scal
         v[j] = bn_value(sm.centre(v[j]), sc, sh);
         if (Relu) v[j] = v[j] > 0 ? v[j] : 0.0f;
       }
-      float best = v[0];
-      int a = 0;
-      for (int j = 1; j < 4; ++j) {
-        const bool take = v[j] > best || v[j] != v[j];
-        best = take ? v[j] : best;
-        a = take ? j : a;
-      }
-      yo[ow] = best;
-      ao[ow] = a;
+      ao[ow] = max_of_window(v, yo[ow]);
     });
   }
 }

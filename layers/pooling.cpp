@@ -74,15 +74,7 @@ void maxpool2x2_forward(float* y, int32_t* arg, const float* x, const PoolShape&
       int32_t* __restrict ao = arg + (p * s.OH + oh) * s.OW;
       auto window = [&](int64_t ow) __attribute__((always_inline)) {
         const float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
-        float best = v[0];
-        int a = 0;
-        for (int j = 1; j < 4; ++j) {
-          const bool take = v[j] > best || v[j] != v[j];
-          best = take ? v[j] : best;
-          a = take ? j : a;
-        }
-        yo[ow] = best;
-        ao[ow] = a;
+        ao[ow] = max_of_window(v, yo[ow]);
       };
       // simd_for: rows of 4 (cifar-small's last pool, 8 -> 4) ran in the scalar
       // remainder loop, 2 ms for 1M inputs where the 16x16 pool takes 0.4 for 2M.

@@ -28,6 +28,21 @@ struct PoolShape {
 // `op` names the caller in errors. stride nullopt means stride = kernel.
 PoolShape pool2d_shape(const char* op, const Shape& x, Size2 kernel, std::optional<Size2> stride, Size2 padding);
 
+// The max of a 2x2 window's four values (row by row) as max_pool2d chooses it:
+// a strictly larger value takes over, so ties keep the first, and a NaN wins.
+// Returns its place (0-3). Selects, no branches: the loops that call it
+// vectorise (max_pool2d's 2x2 kernel, and BatchNorm2d's fused pool).
+inline int max_of_window(const float (&v)[4], float& best) {
+  best = v[0];
+  int a = 0;
+  for (int j = 1; j < 4; ++j) {
+    const bool take = v[j] > best || v[j] != v[j];
+    best = take ? v[j] : best;
+    a = take ? j : a;
+  }
+  return a;
+}
+
 // ---- kernels on raw contiguous NCHW pointers; backwards overwrite dx.
 // indices (N, C, OH, OW) receive the argmax as an offset h * W + w in its plane.
 void maxpool2d_forward(float* y, int64_t* indices, const float* x, const PoolShape& s);

@@ -31,21 +31,24 @@ struct Run {
 };
 
 // relu(batch_norm2d(x)) forward and backward, fused or as two ops, on copies
-// of the same inputs; dy has NaN at a few places where the output is 0 (the
-// ReLU's backward gives 0 there).
-Run run(bool fused, const Tensor& x0, const Tensor& g0, const Tensor& b0, const Tensor& dy0, BatchNormArgs a) {
+// of the same inputs; with pool, max_pool2d(., 2) of that (the ReLU only with
+// with_relu), fused or as three ops. With the ReLU, dy has NaN at a few places
+// where the output is 0 (the ReLU's backward gives 0 there).
+Run run(bool fused, const Tensor& x0, const Tensor& g0, const Tensor& b0, const Tensor& dy0, BatchNormArgs a,
+        bool pool = false, bool with_relu = true) {
   Run r;
   Tensor x = x0.clone().requires_grad_();
   Tensor g = g0.defined() ? g0.clone().requires_grad_(a.affine_grad) : Tensor();
   Tensor b = b0.defined() ? b0.clone().requires_grad_(a.affine_grad) : Tensor();
-  r.running_mean = full({g0.defined() ? g0.size(0) : 3}, 0.5f);
+  r.running_mean = full({x0.size(a.layout == Layout::NCHW ? 1 : 3)}, 0.5f);
   r.running_var = full(r.running_mean.shape(), 2.0f);
-  a.relu = fused;
+  a.relu = fused && with_relu, a.pool = fused && pool;
   Tensor y = batch_norm2d(x, g, b, r.running_mean, r.running_var, a);
-  if (!fused) y = relu(y);
+  if (!fused && with_relu) y = relu(y);
+  if (!fused && pool) y = max_pool2d(y, 2);
   r.y = y.detach();
   Tensor dy = dy0.clone();
-  {
+  if (with_relu) {
     float* d = dy.data_ptr();
     const float* out = r.y.data_ptr();
     for (int64_t i = 0, put = 0; i < dy.numel() && put < 5; ++i)
@@ -210,36 +213,6 @@ TEST_CASE("BasicBlock fuses its first BatchNorm2d and ReLU") {
 
 // ---- with the 2x2 max pool fused after (BatchNormArgs::pool)
 
-namespace {
-// max_pool2d(relu?(batch_norm2d(x)), 2) forward and backward, fused or as
-// separate ops, on copies of the same inputs; with the ReLU, dy has NaN at a
-// few places where the pooled output is 0 (no gradient gets through there).
-Run run_pool(bool fused, bool with_relu, const Tensor& x0, const Tensor& g0, const Tensor& b0, const Tensor& dy0,
-             BatchNormArgs a) {
-  Run r;
-  Tensor x = x0.clone().requires_grad_();
-  Tensor g = g0.defined() ? g0.clone().requires_grad_(a.affine_grad) : Tensor();
-  Tensor b = b0.defined() ? b0.clone().requires_grad_(a.affine_grad) : Tensor();
-  r.running_mean = full({x0.size(1)}, 0.5f);
-  r.running_var = full(r.running_mean.shape(), 2.0f);
-  a.relu = with_relu && fused, a.pool = fused;
-  Tensor y = batch_norm2d(x, g, b, r.running_mean, r.running_var, a);
-  if (!fused) y = max_pool2d(with_relu ? relu(y) : y, 2);
-  r.y = y.detach();
-  Tensor dy = dy0.clone();
-  if (with_relu) {
-    float* d = dy.data_ptr();
-    const float* out = r.y.data_ptr();
-    for (int64_t i = 0, put = 0; i < dy.numel() && put < 5; ++i)
-      if (out[i] == 0) d[i] = NAN, ++put;
-  }
-  y.backward(dy);
-  r.dx = x.grad();
-  if (g.defined() && a.affine_grad) r.dgamma = g.grad(), r.dbeta = b.grad();
-  return r;
-}
-}  // namespace
-
 TEST_CASE("batch_norm2d pool=true: bit for bit max_pool2d(relu(batch_norm2d(x)), 2), every mode") {
   manual_seed(31);
   // Small (one thread), large (threads over channels; dx written with streaming
@@ -258,7 +231,7 @@ TEST_CASE("batch_norm2d pool=true: bit for bit max_pool2d(relu(batch_norm2d(x)),
           a.use_batch_stats = mode == 0;
           a.affine_grad = mode != 2;
           a.momentum = mode == 0 ? 0.1 : -1;
-          const Run fused = run_pool(true, with_relu, x, g, b, dy, a), plain = run_pool(false, with_relu, x, g, b, dy, a);
+          const Run fused = run(true, x, g, b, dy, a, true, with_relu), plain = run(false, x, g, b, dy, a, true, with_relu);
           CHECK(max_abs_diff(fused.y, plain.y) == 0);
           CHECK(max_abs_diff(fused.dx, plain.dx) == 0);
           CHECK(max_abs_diff(fused.running_mean, plain.running_mean) == 0);
@@ -279,8 +252,8 @@ TEST_CASE("batch_norm2d pool=true: NaN inputs win their window as in max_pool2d 
     CAPTURE(with_relu);
     BatchNormArgs a;
     a.use_batch_stats = false;  // running statistics: the NaN stays in its own window
-    const Run fused = run_pool(true, with_relu, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a);
-    const Run plain = run_pool(false, with_relu, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a);
+    const Run fused = run(true, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a, true, with_relu);
+    const Run plain = run(false, x, Tensor(), Tensor(), ones({2, 2, 2, 2}), a, true, with_relu);
     CHECK(std::isnan(fused.y.at({0, 0, 0, 0})) == !with_relu);  // the ReLU turns a NaN into 0
     CHECK(std::isnan(max_abs_diff(fused.y, plain.y)) == false);
     CHECK(max_abs_diff(fused.y, plain.y) == 0);
@@ -332,9 +305,9 @@ TEST_CASE("batch_norm2d pool=true: NHWC is an error and over a process group it 
   manual_seed(33);
   Tensor x = randn({4, 3, 6, 6}), dy = randn({4, 3, 3, 3}), g = rand({3}) + 0.5f, b = randn({3});
   a.process_group = dist::single_process();
-  const Run grouped = run_pool(true, true, x, g, b, dy, a);
+  const Run grouped = run(true, x, g, b, dy, a, true);
   a.process_group = nullptr;
-  const Run local = run_pool(true, true, x, g, b, dy, a);
+  const Run local = run(true, x, g, b, dy, a, true);
   CHECK(grouped.y.shape() == Shape{4, 3, 3, 3});
   NORMA_CHECK_CLOSE(grouped.y, local.y, 1e-6, 1e-6);
   NORMA_CHECK_CLOSE(grouped.dx, local.dx, 1e-5, 1e-6);
