@@ -228,6 +228,20 @@ ScaleShift scale_shift(const double* invstd, const float* gamma, const float* be
   return {float(invstd[c] * (gamma ? gamma[c] : 1.0f)), beta ? beta[c] : 0.0f};
 }
 
+// What an NHWC row's loop over channels needs, as arrays it reads with vector
+// loads: each channel's split mean (hi, lo) and scale and shift.
+struct RowCoefficients {
+  std::vector<float> v;  // hi, lo, scale, shift: C floats each
+  RowCoefficients(const double* mean, const double* invstd, const float* gamma, const float* beta, int64_t C)
+      : v(4 * C) {
+    for (int64_t c = 0; c < C; ++c) {
+      const SplitMean sm(mean[c]);
+      const ScaleShift ss = scale_shift(invstd, gamma, beta, c);
+      v[c] = sm.hi, v[C + c] = sm.lo, v[2 * C + c] = ss.scale, v[3 * C + c] = ss.shift;
+    }
+  }
+};
+
 // sum(dy) and sum(dy (x - mean)) over channel c of NCHW tensors, in one sweep,
 // (x - mean) formed per element (sum(dy x) - mean sum(dy) would cancel). With
 // relu (the fused ReLU), dy counts only where the forward's output was positive.
@@ -353,14 +367,9 @@ void batchnorm2d_forward(float* y, const float* x, const double* mean, const dou
       normalize_run(y + p * HW, x + p * HW, mean[c], scale, shift, HW, relu);
     }
   } else {
-    // Per channel, as arrays so that a row's loop reads each with vector loads.
-    std::vector<float> coef(4 * C);
-    float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
-    for (int64_t c = 0; c < C; ++c) {
-      const SplitMean sm(mean[c]);
-      hi[c] = sm.hi, lo[c] = sm.lo;
-      sc[c] = float(invstd[c] * (gamma ? gamma[c] : 1.0f)), sh[c] = beta ? beta[c] : 0.0f;
-    }
+    const RowCoefficients rc(mean, invstd, gamma, beta, C);
+    const float *__restrict hi = rc.v.data(), *__restrict lo = hi + C, *__restrict sc = lo + C,
+                            *__restrict sh = sc + C;
     const bool stream = streams(N * C * HW);
 #pragma omp parallel if (N * C * HW >= (1 << 15))
     {
@@ -419,15 +428,8 @@ void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const floa
     return;
   }
   std::vector<double> sums(2 * C);  // sum(dy) per channel, then sum(dy (x - mean))
-  // The fused ReLU's per-channel split mean, scale and shift as arrays, read
-  // with vector loads across a row.
-  std::vector<float> coef(4 * C);
-  float *__restrict hi = coef.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
-  for (int64_t c = 0; c < C && relu; ++c) {
-    const SplitMean sm(mean[c]);
-    const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
-    hi[c] = sm.hi, lo[c] = sm.lo, sc[c] = fr.scale, sh[c] = fr.shift;
-  }
+  const RowCoefficients rc(mean, invstd, gamma, beta, C);  // for the fused ReLU's mask
+  const float *__restrict hi = rc.v.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
   nhwc_channel_sums(sums.data(), N * HW, 2 * C, [&](double* __restrict acc, int64_t r, auto rows) {
     const float *__restrict g = dy + r * C, *__restrict xp = x + r * C;
     const double* __restrict m = mean;
@@ -470,16 +472,14 @@ void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const d
   }
   // NHWC: the coefficients (and the split mean) as arrays, so the loop over a
   // row's channels reads each with contiguous vector loads.
-  std::vector<float> coef(7 * C);
-  float *__restrict kp = coef.data(), *__restrict mp = kp + C, *__restrict qp = mp + C, *__restrict hi = qp + C,
-                    *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
+  std::vector<float> coef(3 * C);
+  float *__restrict kp = coef.data(), *__restrict mp = kp + C, *__restrict qp = mp + C;
   for (int64_t c = 0; c < C; ++c) {
     const DxCoefficients k = coefficients(c);
-    const SplitMean sm(mean[c]);
-    const ScaleShift fr = scale_shift(invstd, gamma, beta, c);
-    kp[c] = float(k.k), mp[c] = float(k.mean_dy), qp[c] = float(k.q), hi[c] = sm.hi, lo[c] = sm.lo;
-    sc[c] = fr.scale, sh[c] = fr.shift;
+    kp[c] = float(k.k), mp[c] = float(k.mean_dy), qp[c] = float(k.q);
   }
+  const RowCoefficients rc(mean, invstd, gamma, beta, C);
+  const float *__restrict hi = rc.v.data(), *__restrict lo = hi + C, *__restrict sc = lo + C, *__restrict sh = sc + C;
   const bool stream = streams(N * C * HW);
 #pragma omp parallel if (N * C * HW >= (1 << 15))
   {

@@ -59,6 +59,18 @@ Run run(bool fused, const Tensor& x0, const Tensor& g0, const Tensor& b0, const 
   if (g.defined() && a.affine_grad) r.dgamma = g.grad(), r.dbeta = b.grad();
   return r;
 }
+
+// Every output of the two runs the same to the bit.
+void check_bit_for_bit(const Run& fused, const Run& plain) {
+  CHECK(max_abs_diff(fused.y, plain.y) == 0);
+  CHECK(max_abs_diff(fused.dx, plain.dx) == 0);
+  CHECK(max_abs_diff(fused.running_mean, plain.running_mean) == 0);
+  CHECK(max_abs_diff(fused.running_var, plain.running_var) == 0);
+  if (plain.dgamma.defined()) {
+    CHECK(max_abs_diff(fused.dgamma, plain.dgamma) == 0);
+    CHECK(max_abs_diff(fused.dbeta, plain.dbeta) == 0);
+  }
+}
 }  // namespace
 
 TEST_CASE("batch_norm2d relu=true: bit for bit relu(batch_norm2d(x)), every mode and layout") {
@@ -79,14 +91,7 @@ TEST_CASE("batch_norm2d relu=true: bit for bit relu(batch_norm2d(x)), every mode
           a.affine_grad = mode != 2;
           a.momentum = mode == 0 ? 0.1 : -1;
           const Run fused = run(true, x, g, b, dy, a), plain = run(false, x, g, b, dy, a);
-          CHECK(max_abs_diff(fused.y, plain.y) == 0);
-          CHECK(max_abs_diff(fused.dx, plain.dx) == 0);
-          CHECK(max_abs_diff(fused.running_mean, plain.running_mean) == 0);
-          CHECK(max_abs_diff(fused.running_var, plain.running_var) == 0);
-          if (plain.dgamma.defined()) {
-            CHECK(max_abs_diff(fused.dgamma, plain.dgamma) == 0);
-            CHECK(max_abs_diff(fused.dbeta, plain.dbeta) == 0);
-          }
+          check_bit_for_bit(fused, plain);
           // Something was cut off and something let through, and the NaNs of dy were masked.
           const std::vector<float> y = fused.y.to_vector();
           CHECK(std::count(y.begin(), y.end(), 0.0f) > 0);
@@ -232,14 +237,7 @@ TEST_CASE("batch_norm2d pool=true: bit for bit max_pool2d(relu(batch_norm2d(x)),
           a.affine_grad = mode != 2;
           a.momentum = mode == 0 ? 0.1 : -1;
           const Run fused = run(true, x, g, b, dy, a, true, with_relu), plain = run(false, x, g, b, dy, a, true, with_relu);
-          CHECK(max_abs_diff(fused.y, plain.y) == 0);
-          CHECK(max_abs_diff(fused.dx, plain.dx) == 0);
-          CHECK(max_abs_diff(fused.running_mean, plain.running_mean) == 0);
-          CHECK(max_abs_diff(fused.running_var, plain.running_var) == 0);
-          if (plain.dgamma.defined()) {
-            CHECK(max_abs_diff(fused.dgamma, plain.dgamma) == 0);
-            CHECK(max_abs_diff(fused.dbeta, plain.dbeta) == 0);
-          }
+          check_bit_for_bit(fused, plain);
           for (float v : fused.dx.to_vector()) REQUIRE(std::isfinite(v));
         }
 }
