@@ -1,8 +1,8 @@
 // Conv2d on NCHW tensors: x (N, C, H, W) * weight (K, C/groups, kh, kw) + bias (K)
 // -> y (N, K, OH, OW) with OH = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (likewise OW).
 //
-// Fast paths: Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions of a CNN
-// (conv2d_winograd.cpp, 2.25x fewer multiplies), direct loops for few input
+// Fast paths: Winograd F(4x2, 3x3) for the stride-1 3x3 convolutions of a CNN
+// (conv2d_winograd.cpp, 3x fewer multiplies), direct loops for few input
 // channels (conv2d_direct.cpp, the RGB layer), otherwise im2col + OpenBLAS
 // sgemm, per image and group:
 //   col (C/g*kh*kw, OH*OW) = im2col(x[n, g])     y[n, g] = W_g (K/g, C/g*kh*kw) @ col
@@ -42,7 +42,7 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
 void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                            const ConvShape& s);
 
-// ---- Winograd F(2x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
+// ---- Winograd F(4x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
 // group, padding <= 2, at least 16 channels in and out. conv2d_forward and
 // conv2d_backward take this path where it applies; NORMA_WINOGRAD=0 turns it off.
 bool conv2d_winograd_applies(const ConvShape& s);

@@ -1,7 +1,11 @@
 #!/usr/bin/python3
-"""Float32 error of Winograd F(2x2, 3x3) and F(4x4, 3x3) against float64 direct
-convolution, with float32 direct convolution for scale (numpy only). Lavin &
-Gray's transform matrices; random inputs, weights scaled by 1/sqrt(9C).
+"""Float32 error of Winograd tiles against float64 direct convolution, with
+float32 direct convolution for scale (numpy only): F(2x2, 3x3), the F(4x2, 3x3)
+that layers/conv2d_winograd.cpp uses (F(4, 3) down the columns on the points
+0, -1, 1, -1/2, 2, F(2, 3) along the rows) and F(4x4, 3x3) on those points and
+on Lavin & Gray's (0, 1, -1, 2, -2). Random inputs, weights scaled by 1/sqrt(9C),
+16x16 outputs. Besides the largest error it prints the largest ratio of the
+error to the golden tests' tolerance (1e-5 + 1e-4 |y|): above 1 would fail them.
 docs/performance.md quotes its output.
 
   /usr/bin/python3 scripts/winograd_error.py
@@ -9,28 +13,32 @@ docs/performance.md quotes its output.
 import numpy as np
 
 F = np.float32
-MATS = {  # m: (B^T, G, A^T) for F(m x m, 3 x 3)
-    2: (F([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
-        F([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
-        F([[1, 1, 1, 0], [0, 1, -1, -1]])),
-    4: (F([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
-           [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
-        F([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
-           [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
-        F([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
-}
+F2 = (F([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),  # (B^T, G, A^T) of F(2, 3)
+      np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+      F([[1, 1, 1, 0], [0, 1, -1, -1]]))
+F4 = (F([[2, 3, -4, -3, 2, 0], [0, 2, 1, -5, 2, 0], [0, -2, -5, -1, 2, 0], [0, 2, -1, -2, 1, 0],  # conv2d_winograd.cpp's
+         [0, -1, -2, 1, 2, 0], [0, 2, 3, -4, -3, 2]]),
+      np.array([[1 / 2, 0, 0], [1 / 6, -1 / 6, 1 / 6], [-1 / 6, -1 / 6, -1 / 6], [-16 / 15, 8 / 15, -4 / 15],
+                [1 / 30, 1 / 15, 2 / 15], [0, 0, 1 / 2]]),
+      F([[1, 1, 1, 1, 1, 0], [0, -1, 1, -.5, 2, 0], [0, 1, 1, .25, 4, 0], [0, -1, 1, -.125, 8, 1]]))
+F4_LAVIN = (F([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+            np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                      [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]]),
+            F([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]]))
 
 
-def winograd(x, w, m):  # x (C, H, W), w (K, C, 3, 3): valid correlation, H-2 and W-2 multiples of m
-    BT, G, AT = MATS[m]
-    U = np.einsum('ij,kcjl,ml->kcim', G, w, G).astype(F)
+def winograd(x, w, rows, cols):  # x (C, H, W), w (K, C, 3, 3): valid correlation; H-2, W-2 multiples of the tile
+    (BTr, Gr, ATr), (BTc, Gc, ATc) = rows, cols
+    mr, mc = ATr.shape[0], ATc.shape[0]
+    U = np.einsum('ij,kcjl,ml->kcim', Gr, w.astype(np.float64), Gc).astype(F)  # in double, as the C++ does
     y = np.zeros((w.shape[0], x.shape[1] - 2, x.shape[2] - 2), F)
-    for ty in range(y.shape[1] // m):
-        for tx in range(y.shape[2] // m):
-            d = x[:, ty * m:ty * m + m + 2, tx * m:tx * m + m + 2]
-            V = np.einsum('ij,cjl,ml->cim', BT, d, BT).astype(F)
+    for ty in range(y.shape[1] // mr):
+        for tx in range(y.shape[2] // mc):
+            d = x[:, ty * mr:ty * mr + mr + 2, tx * mc:tx * mc + mc + 2]
+            V = np.einsum('ij,cjl,ml->cim', BTr, d, BTc).astype(F)
             M = np.einsum('kcim,cim->kim', U, V).astype(F)
-            y[:, ty * m:ty * m + m, tx * m:tx * m + m] = np.einsum('ij,kjl,ml->kim', AT, M, AT)
+            y[:, ty * mr:ty * mr + mr, tx * mc:tx * mc + mc] = np.einsum('ij,kjl,ml->kim', ATr, M, ATc)
     return y
 
 
@@ -41,11 +49,13 @@ def direct(x, w, dtype):
 
 
 rng = np.random.default_rng(0)
-for C in (32, 64):
+for C in (32, 64, 128, 256):
     x = rng.standard_normal((C, 18, 18)).astype(F)
     w = (rng.standard_normal((C, C, 3, 3)) / np.sqrt(9 * C)).astype(F)
     ref = direct(x, w, np.float64)
-    print(f"{C} channels, |y| up to {np.abs(ref).max():.2f}: largest error")
-    for m in (2, 4):
-        print(f"  F({m}x{m}, 3x3)  {np.abs(winograd(x, w, m) - ref).max():.2e}")
-    print(f"  direct float32 {np.abs(direct(x, w, F) - ref).max():.2e}")
+    print(f"{C} channels, |y| up to {np.abs(ref).max():.2f}: largest error, largest error / tolerance")
+    for name, y in (("F(2x2, 3x3)", winograd(x, w, F2, F2)), ("F(4x2, 3x3)", winograd(x, w, F4, F2)),
+                    ("F(4x4, 3x3)", winograd(x, w, F4, F4)), ("F(4x4) Lavin", winograd(x, w, F4_LAVIN, F4_LAVIN)),
+                    ("direct float32", direct(x, w, F))):
+        err = np.abs(y - ref)
+        print(f"  {name:15s} {err.max():.2e}  {np.max(err / (1e-5 + 1e-4 * np.abs(ref))):.2f}")

@@ -47,7 +47,7 @@ TEST_CASE("conv2d: im2col+sgemm matches the naive loops forward and backward") {
   }
 }
 
-TEST_CASE("conv2d: Winograd F(2x2, 3x3) matches the naive loops forward and backward") {
+TEST_CASE("conv2d: Winograd F(4x2, 3x3) matches the naive loops forward and backward") {
   struct W {
     int64_t N, C, K, H, W, ph, pw;
   };
