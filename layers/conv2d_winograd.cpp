@@ -58,6 +58,24 @@ namespace {
 
 constexpr int kXi = 24;  // positions of a tile: 6 rows (F(4, 3)) x 4 columns (F(2, 3))
 
+// 8 floats as a GCC vector (one AVX register, two SSE ones), for the input
+// transform's loops, whose code the vectoriser left mostly scalar. Helpers
+// internal and inlined, so no call crosses the ABI -Wpsabi warns of.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float v8 __attribute__((vector_size(32)));
+inline v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);  // an unaligned vector load
+  return v;
+}
+inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+// The even and the odd elements of the 16 floats at p.
+inline void load8_deinterleaved(const float* p, v8& even, v8& odd) {
+  const v8 a = load8(p), b = load8(p + 8);
+  even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
+  odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
 struct Geom {  // the tiling of one stride-1 3x3 convolution
   int64_t N, C, K, H, W, ph, pw, OH, OW, TH, TW;
 };
@@ -174,12 +192,8 @@ void for_each_image_segment(const Geom& g, int64_t r0, int64_t r1, F f) {
 // Scratch floats for input_transform: six rows for the column transform's
 // output, then a zero-padded copy of the input rows one block reads; all rows
 // 2 TW + 2 columns wide (every tile's four columns inside them), rounded up to
-// whole vectors of simd_for (16 lanes past 16 columns, else 8), so that the
-// column transform leaves no scalar remainder.
-int64_t padded_width(const Geom& g) {
-  const int64_t w = 2 * g.TW + 2, lanes = w > 16 ? 16 : 8;
-  return (w + lanes - 1) / lanes * lanes;
-}
+// whole vectors of 8.
+int64_t padded_width(const Geom& g) { return (2 * g.TW + 2 + 7) / 8 * 8; }
 int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (6 + 4 * tile_rows + 2) * padded_width(g); }
 
 // V (24, C, P) = B4^T d B2 for every tile of tile rows [r0, r1) of x (N, C, H, W).
@@ -219,22 +233,30 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
         const int64_t p0 = lo + (ty - ty0) * share;
         detail::prefetch_floats(next + p0, std::min(hi, p0 + share) - p0);
         const float* __restrict d = pad + 4 * (ty - ty0) * Wp;  // the tile row's six input rows
-        detail::simd_for(Wp, [&](int64_t q) __attribute__((always_inline)) {
-          float col[6], tc[6];
-          for (int l = 0; l < 6; ++l) col[l] = d[l * Wp + q];
+        for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns
+          v8 col[6], tc[6];
+          for (int l = 0; l < 6; ++l) col[l] = load8(d + l * Wp + q);
           col_bt(tc, col);
-          for (int i = 0; i < 6; ++i) t[i * Wp + q] = tc[i];
-        });
+          for (int i = 0; i < 6; ++i) store8(t + i * Wp + q, tc[i]);
+        }
+        // B2 along the tiles, 8 at a time: tile tx reads columns 2tx..2tx+3
+        // of each row of t. The last 8 may run past TW, reading into the next
+        // row of t (or the padded rows after t) and writing up to 7 floats
+        // into the slots of the next tile row, written again later, or of the
+        // next channel, likewise, or into the 16 floats of slack after a plane
+        // (plane_stride).
         float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
-        detail::simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
-          for (int i = 0; i < 6; ++i) {  // columns: (B4^T d) B2
-            const float* ti = t + i * Wp + 2 * tx;
-            v[(4 * i) * ld + tx] = ti[0] - ti[2];
-            v[(4 * i + 1) * ld + tx] = ti[1] + ti[2];
-            v[(4 * i + 2) * ld + tx] = ti[2] - ti[1];
-            v[(4 * i + 3) * ld + tx] = ti[1] - ti[3];
+        for (int64_t tx = 0; tx < g.TW; tx += 8)
+          for (int i = 0; i < 6; ++i) {
+            v8 e0, o0, e2, o2;  // columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 of 8 tiles
+            load8_deinterleaved(t + i * Wp + 2 * tx, e0, o0);
+            load8_deinterleaved(t + i * Wp + 2 * tx + 2, e2, o2);
+            float* vi = v + 4 * i * ld + tx;
+            store8(vi, e0 - e2);
+            store8(vi + ld, o0 + e2);
+            store8(vi + 2 * ld, e2 - o0);
+            store8(vi + 3 * ld, o0 - o2);
           }
-        });
       }
     });
 }
