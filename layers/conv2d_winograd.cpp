@@ -123,6 +123,8 @@ inline void col_a(T q[6], const T y[4]) {
 // Measured with F(2x2, 3x3) on one thread (64 -> 64 channels at 16x16): 105 GF/s
 // with 256 tiles (2 MiB), 167 GF/s with 128 (1 MiB); 32 -> 32 at 32x32, whose dw
 // products want long sums, ran dw at 130 GF/s with 256 tiles and 110 with 128.
+// With F(4x2)'s 24 planes (128 tiles at 32 channels), 768 KiB, 1.5 MiB and
+// 2 MiB measured no better than 1 MiB.
 constexpr int64_t kBlockBytes = int64_t(1) << 20;
 
 // U (24, Ko, Ci) = G4 g G2^T for every filter g of w (K, C, 3, 3). With flip, the
@@ -360,8 +362,7 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
 }
 
 int64_t block_tiles(const Geom& g) {
-  static const int64_t bb = std::getenv("NB") ? std::atoll(std::getenv("NB")) : kBlockBytes;
-  const int64_t fit = bb / (kXi * (g.C + g.K) * int64_t(sizeof(float)));
+  const int64_t fit = kBlockBytes / (kXi * (g.C + g.K) * int64_t(sizeof(float)));
   return std::max<int64_t>(64, fit / 64 * 64);
 }
 
