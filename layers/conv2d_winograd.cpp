@@ -58,9 +58,10 @@ namespace {
 
 constexpr int kXi = 24;  // positions of a tile: 6 rows (F(4, 3)) x 4 columns (F(2, 3))
 
-// 8 floats as a GCC vector (one AVX register, two SSE ones), for the input
-// transform's loops, whose code the vectoriser left mostly scalar. Helpers
-// internal and inlined, so no call crosses the ABI -Wpsabi warns of.
+// 8 floats as a GCC vector (one AVX register, two SSE ones), for the loops
+// whose code the vectoriser left mostly scalar: the input transform's, and the
+// transposition of dy in output_transform_backward. Helpers internal and
+// inlined, so no call crosses the ABI -Wpsabi warns of.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v8 __attribute__((vector_size(32)));
 inline v8 load8(const float* p) {
