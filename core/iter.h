@@ -25,17 +25,13 @@ inline void prefetch_floats(const float* p, int64_t n) {
 }
 
 // f(i) for i in [0, n) as one vector loop (f an always_inline lambda). A row
-// shorter than the lanes the compiler picks (16 on AVX-512 where it judges them
-// worth it) would run entirely in its scalar remainder loop, where selects
-// become branches: vectors of 8 lanes for rows of 8 to 15 (the 8 tiles of a
-// 16x16 layer's Winograd rows), of 4 for shorter ones (the 8x8 layers').
+// shorter than the 8 or 16 lanes the compiler picks would run entirely in its
+// scalar remainder loop, where selects become branches: vectors of 4 lanes
+// for those (the 4-wide rows of cifar-small's 8x8 layers).
 template <class F>
 inline void simd_for(int64_t n, F f) {
-  if (n >= 16) {
+  if (n >= 8) {
 #pragma omp simd
-    for (int64_t i = 0; i < n; ++i) f(i);
-  } else if (n >= 8) {
-#pragma omp simd simdlen(8)
     for (int64_t i = 0; i < n; ++i) f(i);
   } else {
 #pragma omp simd simdlen(4)
