@@ -21,7 +21,7 @@
 // 24 multiplies per tile of 8 outputs where direct convolution takes 72, and
 // F(2x2, 3x3) 32. Float32 error, scripts/winograd_error.py against float64
 // direct convolution: about 3x F(2x2, 3x3)'s, a third of the golden tests'
-// tolerance at 128 channels. Lavin & Gray's points (0, +-1, +-2) gave 1.5-2x
+// tolerance at 128 channels. Lavin & Gray's points (0, +-1, +-2) gave 1.4-2x
 // more; F(4x4, 3x3) on either set exceeds the tolerance (docs/performance.md).
 //
 // Summed over input channels, each of the 24 positions xi of the 6x4 tile is
