@@ -4,6 +4,7 @@
 // into rows of the innermost dim; rows run in parallel when there are many.
 #pragma once
 #include <array>
+#include <cstring>
 
 #include "tensor.h"
 
@@ -22,6 +23,20 @@ constexpr int64_t kParallelGrain = 1 << 15;
 template <bool Write = false>
 inline void prefetch_floats(const float* p, int64_t n) {
   for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, Write ? 1 : 0, 2);
+}
+
+// An unaligned load or store of V, a GCC vector of floats
+// (`typedef float V __attribute__((vector_size(...)))`), for kernels written
+// in vectors where the vectoriser does badly (conv2d_direct, conv2d_winograd).
+template <class V>
+inline V load_vector(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+inline void store_vector(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
 }
 
 // f(i) for i in [0, n) as one vector loop (f an always_inline lambda). A row

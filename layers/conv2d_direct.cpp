@@ -22,6 +22,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../core/iter.h"
 #include "conv2d.h"
 
 namespace norma::nn {
@@ -33,12 +34,8 @@ namespace {
 // are internal and inlined, so no call ever crosses that ABI.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v16 __attribute__((vector_size(64)));
-inline v16 load(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);  // an unaligned vector load
-  return v;
-}
-inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
+inline v16 load(const float* p) { return detail::load_vector<v16>(p); }
+inline void store(float* p, v16 v) { detail::store_vector(p, v); }
 
 // Register blocks: forward KB output channels x NV vectors of positions,
 // backward DKB output channels x DTB taps: 24 accumulators each of the 32

@@ -64,12 +64,8 @@ constexpr int kXi = 24;  // positions of a tile: 6 rows (F(4, 3)) x 4 columns (F
 // inlined, so no call crosses the ABI -Wpsabi warns of.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v8 __attribute__((vector_size(32)));
-inline v8 load8(const float* p) {
-  v8 v;
-  std::memcpy(&v, p, sizeof v);  // an unaligned vector load
-  return v;
-}
-inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof v); }
+inline v8 load8(const float* p) { return detail::load_vector<v8>(p); }
+inline void store8(float* p, v8 v) { detail::store_vector(p, v); }
 // b[i][j] <- b[j][i]: three rounds of 8 two-vector shuffles.
 inline void transpose8(v8 b[8]) {
   v8 t[8], u[8];
