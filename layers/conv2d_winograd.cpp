@@ -145,10 +145,15 @@ constexpr int64_t kBlockBytes = int64_t(1) << 20;
 // U (24, Ko, Ci) = G4 g G2^T for every filter g of w (K, C, 3, 3). With flip, the
 // filters of dx's convolution: g[c][k] = w[k][c] rotated 180 degrees (Ko = C, Ci = K).
 // In double (it runs once per call), rounded once to float.
+// G4 of the header, in double for the filter transforms and their adjoint.
+constexpr double kG4[6][3] = {{0.5, 0, 0},
+                              {1.0 / 6, -1.0 / 6, 1.0 / 6},
+                              {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                              {-16.0 / 15, 8.0 / 15, -4.0 / 15},
+                              {1.0 / 30, 1.0 / 15, 2.0 / 15},
+                              {0, 0, 0.5}};
+
 void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip) {
-  static constexpr double G4[6][3] = {{0.5, 0, 0},           {1.0 / 6, -1.0 / 6, 1.0 / 6},
-                                      {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-16.0 / 15, 8.0 / 15, -4.0 / 15},
-                                      {1.0 / 30, 1.0 / 15, 2.0 / 15}, {0, 0, 0.5}};
   const int64_t Ko = flip ? C : K, Ci = flip ? K : C;
   // Over both threads: serial, the three filter transforms of a step left the
   // other core idle for about 4% of it (norma bench under perf).
@@ -160,7 +165,7 @@ void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip)
       for (int a = 0; a < 3; ++a)
         for (int b = 0; b < 3; ++b) f[a][b] = flip ? g[(2 - a) * 3 + (2 - b)] : g[a * 3 + b];
       for (int i = 0; i < 6; ++i)  // t = G4 f
-        for (int b = 0; b < 3; ++b) t[i][b] = G4[i][0] * f[0][b] + G4[i][1] * f[1][b] + G4[i][2] * f[2][b];
+        for (int b = 0; b < 3; ++b) t[i][b] = kG4[i][0] * f[0][b] + kG4[i][1] * f[1][b] + kG4[i][2] * f[2][b];
       const int64_t o = flip ? c : k, in = flip ? k : c;
       for (int i = 0; i < 6; ++i) {  // U = t G2^T
         const double u[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]), 0.5 * (t[i][0] - t[i][1] + t[i][2]),
@@ -172,9 +177,6 @@ void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip)
 
 // dw (K, C, 3, 3) = G4^T dU G2 from dU (24, C, K): the adjoint of filter_transform.
 void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C) {
-  static constexpr double G4T[3][6] = {{0.5, 1.0 / 6, -1.0 / 6, -16.0 / 15, 1.0 / 30, 0},
-                                       {0, -1.0 / 6, -1.0 / 6, 8.0 / 15, 1.0 / 15, 0},
-                                       {0, 1.0 / 6, -1.0 / 6, -4.0 / 15, 2.0 / 15, 0.5}};
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c) {
@@ -183,7 +185,7 @@ void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C)
       for (int a = 0; a < 3; ++a)  // t = G4^T u
         for (int j = 0; j < 4; ++j) {
           t[a][j] = 0;
-          for (int i = 0; i < 6; ++i) t[a][j] += G4T[a][i] * u[i][j];
+          for (int i = 0; i < 6; ++i) t[a][j] += kG4[i][a] * u[i][j];
         }
       float* g = dw + (k * C + c) * 9;
       for (int a = 0; a < 3; ++a) {  // dg = t G2
