@@ -1,7 +1,8 @@
 // Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional
 // Neural Networks", 2015) for 3x3 kernels with stride 1, dilation 1 and one
 // group: the shape of every cifar-small conv but the first. Tiles are F(4x2, 3x3):
-// F(4, 3) down the columns and F(2, 3) along the rows, nested.
+// F(4, 3) down the columns and F(2, 3) along the rows, nested; or, where few
+// channels are summed into long rows, F(4x4, 3x3): F(4, 3) both ways.
 //
 // A 6x4 input tile d and a 3x3 filter g give a 4x2 output tile
 //   Y = A4^T [ (G4 g G2^T) .* (B4^T d B2) ] A2
@@ -22,10 +23,17 @@
 // F(2x2, 3x3) 32. Float32 error, scripts/winograd_error.py against float64
 // direct convolution: about 3x F(2x2, 3x3)'s, a third of the golden tests'
 // tolerance at 128 channels. Lavin & Gray's points (0, +-1, +-2) gave 1.4-2x
-// more; F(4x4, 3x3) on either set exceeds the tolerance (docs/performance.md).
+// more.
 //
-// Summed over input channels, each of the 24 positions xi of the 6x4 tile is
-// one matrix product:
+// F(4x4, 3x3), Y = A4^T [ (G4 g G4^T) .* (B4^T d B4) ] A4 on 6x6 input tiles:
+// 36 multiplies per 16 outputs, a quarter fewer again, but its error grows
+// faster with the channels summed: 0.39 of the golden tolerance at 32 channels,
+// 1.14 at 256, where F(4x2) stays at 0.47. So it is taken only up to 32
+// channels (conv2d_winograd_row_tile), and only for the forward and dx
+// convolutions: dw, whose sums run over every tile of the batch, keeps F(4x2).
+//
+// Summed over input channels, each of the 24 positions xi of the 6x4 tile (36
+// of the 6x6) is one matrix product:
 //   M[xi] (K, P) = U[xi] (K, C) @ V[xi] (C, P)
 // with U = G4 g G2^T per filter, V = B4^T d B2 per tile (P tiles) and Y = A4^T M A2.
 //
@@ -39,14 +47,15 @@
 //       transposed operand (it packs a transposed operand slowly).
 //
 // Letters: N batch, C input channels, K output channels, H/W input size, OH/OW
-// output size, TH/TW tiles per column/row (4x2 outputs each), P tiles in a block,
-// xi = 4 i + j the tile position in row i (of 6) and column j (of 4).
+// output size, TH/TW tiles per column/row (4 x tw outputs each, tw 2 or 4), P tiles
+// in a block, xi = (tw + 2) i + j the tile position in row i (of 6) and column j.
 #include <omp.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 #include "../core/blas_threads.h"
 #include "../core/iter.h"
@@ -56,7 +65,6 @@ namespace norma::nn {
 
 namespace {
 
-constexpr int kXi = 24;  // positions of a tile: 6 rows (F(4, 3)) x 4 columns (F(2, 3))
 
 // 8 floats as a GCC vector (one AVX register, two SSE ones), for the loops
 // whose code the vectoriser left mostly scalar: the input transform's, and the
@@ -91,13 +99,28 @@ inline void load8_deinterleaved(const float* p, v8& even, v8& odd) {
   odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
+// Elements 4 j + e of the 32 floats at p, for j = 0..7, into q[e] (e = 0..3).
+inline void load8_deinterleaved4(const float* p, v8 q[4]) {
+  const v8 a = load8(p), b = load8(p + 8), c = load8(p + 16), d = load8(p + 24);
+  const v8 ab01 = __builtin_shufflevector(a, b, 0, 4, 8, 12, 1, 5, 9, 13);  // e = 0, 1 of j = 0..3
+  const v8 ab23 = __builtin_shufflevector(a, b, 2, 6, 10, 14, 3, 7, 11, 15);
+  const v8 cd01 = __builtin_shufflevector(c, d, 0, 4, 8, 12, 1, 5, 9, 13);  // of j = 4..7
+  const v8 cd23 = __builtin_shufflevector(c, d, 2, 6, 10, 14, 3, 7, 11, 15);
+  q[0] = __builtin_shufflevector(ab01, cd01, 0, 1, 2, 3, 8, 9, 10, 11);
+  q[1] = __builtin_shufflevector(ab01, cd01, 4, 5, 6, 7, 12, 13, 14, 15);
+  q[2] = __builtin_shufflevector(ab23, cd23, 0, 1, 2, 3, 8, 9, 10, 11);
+  q[3] = __builtin_shufflevector(ab23, cd23, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
 struct Geom {  // the tiling of one stride-1 3x3 convolution
   int64_t N, C, K, H, W, ph, pw, OH, OW, TH, TW;
+  int tw;                                    // outputs per tile along a row: 2 (F(4x2)) or 4 (F(4x4))
+  int xi() const { return 6 * (tw + 2); }    // positions of a tile: 6 rows x (tw + 2) columns
 };
 
-Geom geom(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t ph, int64_t pw) {
+Geom geom(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t ph, int64_t pw, int tw) {
   const int64_t OH = H + 2 * ph - 2, OW = W + 2 * pw - 2;
-  return {N, C, K, H, W, ph, pw, OH, OW, (OH + 3) / 4, (OW + 1) / 2};
+  return {N, C, K, H, W, ph, pw, OH, OW, (OH + 3) / 4, (OW + tw - 1) / tw, tw};
 }
 
 // The one-dimensional transforms, each written out once. Along a column (F(4, 3)):
@@ -130,8 +153,8 @@ inline void col_a(T q[6], const T y[4]) {
   q[5] = y[3];
 }
 
-// Work is split into blocks of whole tile rows (n, ty) whose V (24 C P floats)
-// and M (24 K P floats) together fit in this many bytes, the L2 of one core on
+// Work is split into blocks of whole tile rows (n, ty) whose V (xi C P floats)
+// and M (xi K P floats) together fit in this many bytes, the L2 of one core on
 // the machines this was tuned on (1 MiB per core on Zen 4/5 and Skylake-X), so
 // each xi's sgemm reads and writes L2, not L3. P is also rounded down to a
 // multiple of 64: OpenBLAS's kernels ran 13-30% slower on 40, 84 or 168 columns.
@@ -139,11 +162,13 @@ inline void col_a(T q[6], const T y[4]) {
 // with 256 tiles (2 MiB), 167 GF/s with 128 (1 MiB); 32 -> 32 at 32x32, whose dw
 // products want long sums, ran dw at 130 GF/s with 256 tiles and 110 with 128.
 // With F(4x2)'s 24 planes (128 tiles at 32 channels), 768 KiB, 1.5 MiB and
-// 2 MiB measured no better than 1 MiB.
+// 2 MiB measured no better than 1 MiB. F(4x4)'s 36 planes at 32 channels (64
+// tiles) ran the 32x32 layer's forward in 4.79 ms (batch 64, one thread); 96
+// tiles took 5.12, 112 5.66, and 1.5 or 2 MiB blocks 5.10 and 5.79.
 constexpr int64_t kBlockBytes = int64_t(1) << 20;
 
-// U (24, Ko, Ci) = G4 g G2^T for every filter g of w (K, C, 3, 3). With flip, the
-// filters of dx's convolution: g[c][k] = w[k][c] rotated 180 degrees (Ko = C, Ci = K).
+// U (xi, Ko, Ci) = G4 g G2^T (or G4 g G4^T) for every filter g of w (K, C, 3, 3).
+// With flip, the filters of dx's convolution: g[c][k] = w[k][c] rotated 180 degrees (Ko = C, Ci = K).
 // In double (it runs once per call), rounded once to float.
 // G4 of the header, in double for the filter transforms and their adjoint.
 constexpr double kG4[6][3] = {{0.5, 0, 0},
@@ -153,51 +178,67 @@ constexpr double kG4[6][3] = {{0.5, 0, 0},
                               {1.0 / 30, 1.0 / 15, 2.0 / 15},
                               {0, 0, 0.5}};
 
-void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip) {
+void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip, int tw) {
   const int64_t Ko = flip ? C : K, Ci = flip ? K : C;
+  const int cols = tw + 2, xis = 6 * cols;
   // Over both threads: serial, the three filter transforms of a step left the
-  // other core idle for about 4% of it (norma bench under perf).
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c) {
-      const float* g = w + (k * C + c) * 9;
-      double f[3][3], t[6][3];
-      for (int a = 0; a < 3; ++a)
-        for (int b = 0; b < 3; ++b) f[a][b] = flip ? g[(2 - a) * 3 + (2 - b)] : g[a * 3 + b];
-      for (int i = 0; i < 6; ++i)  // t = G4 f
-        for (int b = 0; b < 3; ++b) t[i][b] = kG4[i][0] * f[0][b] + kG4[i][1] * f[1][b] + kG4[i][2] * f[2][b];
-      const int64_t o = flip ? c : k, in = flip ? k : c;
-      for (int i = 0; i < 6; ++i) {  // U = t G2^T
-        const double u[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]), 0.5 * (t[i][0] - t[i][1] + t[i][2]),
-                             t[i][2]};
-        for (int j = 0; j < 4; ++j) U[((4 * i + j) * Ko + o) * Ci + in] = float(u[j]);
-      }
-    }
-}
-
-// dw (K, C, 3, 3) = G4^T dU G2 from dU (24, C, K): the adjoint of filter_transform.
-void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C) {
-#pragma omp parallel for schedule(static)
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t c = 0; c < C; ++c) {
-      double u[6][4], t[3][4];
-      for (int xi = 0; xi < kXi; ++xi) u[xi / 4][xi % 4] = dU[(xi * C + c) * K + k];
-      for (int a = 0; a < 3; ++a)  // t = G4^T u
-        for (int j = 0; j < 4; ++j) {
-          t[a][j] = 0;
-          for (int i = 0; i < 6; ++i) t[a][j] += kG4[i][a] * u[i][j];
+  // other core idle for about 4% of it (norma bench under perf). Each filter o
+  // of U is gathered in u (xi, Ci) and copied out a row at a time: stored one
+  // float at a time to its 24 or 36 planes, the stores had taken most of the time.
+#pragma omp parallel
+  {
+    std::vector<float> u(size_t(xis * Ci));
+#pragma omp for schedule(static)
+    for (int64_t o = 0; o < Ko; ++o) {
+      for (int64_t in = 0; in < Ci; ++in) {
+        const float* g = flip ? w + (in * C + o) * 9 : w + (o * C + in) * 9;
+        double f[3][3], t[6][3];
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) f[a][b] = flip ? g[(2 - a) * 3 + (2 - b)] : g[a * 3 + b];
+        for (int i = 0; i < 6; ++i)  // t = G4 f
+          for (int b = 0; b < 3; ++b) t[i][b] = kG4[i][0] * f[0][b] + kG4[i][1] * f[1][b] + kG4[i][2] * f[2][b];
+        for (int i = 0; i < 6; ++i) {  // t G2^T or t G4^T
+          const double u2[4] = {t[i][0], 0.5 * (t[i][0] + t[i][1] + t[i][2]), 0.5 * (t[i][0] - t[i][1] + t[i][2]),
+                                t[i][2]};
+          for (int j = 0; j < cols; ++j)
+            u[(cols * i + j) * Ci + in] =
+                float(tw == 2 ? u2[j] : kG4[j][0] * t[i][0] + kG4[j][1] * t[i][1] + kG4[j][2] * t[i][2]);
         }
-      float* g = dw + (k * C + c) * 9;
-      for (int a = 0; a < 3; ++a) {  // dg = t G2
-        g[a * 3 + 0] = float(t[a][0] + 0.5 * (t[a][1] + t[a][2]));
-        g[a * 3 + 1] = float(0.5 * (t[a][1] - t[a][2]));
-        g[a * 3 + 2] = float(0.5 * (t[a][1] + t[a][2]) + t[a][3]);
       }
+      for (int xi = 0; xi < xis; ++xi) std::copy_n(u.data() + xi * Ci, Ci, U + (xi * Ko + o) * Ci);
     }
+  }
 }
 
-// The 24 planes of V (24, C, P) or M (24, K, P) lie this far apart: one cache
-// line more than the plane, so the transforms' 24 streams do not all map to the
+// dw (K, C, 3, 3) = G4^T dU G2 from dU (24, C, K): the adjoint of filter_transform
+// with F(4x2) tiles, the only ones dw takes.
+void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C) {
+#pragma omp parallel
+  {
+    std::vector<double> ub(size_t(24 * K));  // dU[xi][c][k] for all xi, k of one c: contiguous reads
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) {
+      for (int xi = 0; xi < 24; ++xi) std::copy_n(dU + (xi * C + c) * K, K, ub.data() + xi * K);
+      for (int64_t k = 0; k < K; ++k) {
+        double t[3][4];
+        for (int a = 0; a < 3; ++a)  // t = G4^T u
+          for (int j = 0; j < 4; ++j) {
+            t[a][j] = 0;
+            for (int i = 0; i < 6; ++i) t[a][j] += kG4[i][a] * ub[(4 * i + j) * K + k];
+          }
+        float* g = dw + (k * C + c) * 9;
+        for (int a = 0; a < 3; ++a) {  // dg = t G2
+          g[a * 3 + 0] = float(t[a][0] + 0.5 * (t[a][1] + t[a][2]));
+          g[a * 3 + 1] = float(0.5 * (t[a][1] - t[a][2]));
+          g[a * 3 + 2] = float(0.5 * (t[a][1] + t[a][2]) + t[a][3]);
+        }
+      }
+    }
+  }
+}
+
+// The planes of V (xi, C, P) or M (xi, K, P) lie this far apart: one cache
+// line more than the plane, so the transforms' 24 or 36 streams do not all map to the
 // same L1 set (with the plane a multiple of 4 KiB they evict each other).
 int64_t plane_stride(int64_t channels, int64_t P) { return channels * P + 16; }
 
@@ -214,12 +255,12 @@ void for_each_image_segment(const Geom& g, int64_t r0, int64_t r1, F f) {
 
 // Scratch floats for input_transform: six rows for the column transform's
 // output, then a zero-padded copy of the input rows one block reads; all rows
-// 2 TW + 2 columns wide (every tile's four columns inside them), rounded up to
-// whole vectors of 8.
-int64_t padded_width(const Geom& g) { return (2 * g.TW + 2 + 7) / 8 * 8; }
+// tw TW + 2 columns wide (every tile's tw + 2 columns inside them), rounded up
+// to whole vectors of 8.
+int64_t padded_width(const Geom& g) { return (g.tw * g.TW + 2 + 7) / 8 * 8; }
 int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (6 + 4 * tile_rows + 2) * padded_width(g); }
 
-// V (24, C, P) = B4^T d B2 for every tile of tile rows [r0, r1) of x (N, C, H, W).
+// V (xi, C, P) = B4^T d B2 (or B4^T d B4) for every tile of tile rows [r0, r1) of x (N, C, H, W).
 // pad: the thread's scratch from its Workspace (padded_floats), zeroed when that
 // was made (only the columns of the input are written here, so the side padding
 // stays zero). Each plane's rows are copied in once, padding included; then, for
@@ -262,32 +303,95 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
           col_bt(tc, col);
           for (int i = 0; i < 6; ++i) store8(t + i * Wp + q, tc[i]);
         }
-        // B2 along the tiles, 8 at a time: tile tx reads columns 2tx..2tx+3
-        // of each row of t. The last 8 may run past TW, reading into the next
-        // row of t (or the padded rows after t) and writing up to 7 floats
-        // into the slots of the next tile row, written again later, or of the
-        // next channel, likewise, or into the 16 floats of slack after a plane
-        // (plane_stride).
+        // B2 (or B4) along the tiles, 8 at a time: tile tx reads columns
+        // tw tx .. tw tx + tw + 1 of each row of t. The last 8 may run past TW,
+        // reading into the next row of t (or the padded rows after t) and
+        // writing up to 7 floats into the slots of the next tile row, written
+        // again later, or of the next channel, likewise, or into the 16 floats
+        // of slack after a plane (plane_stride).
         float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
-        for (int64_t tx = 0; tx < g.TW; tx += 8)
-          for (int i = 0; i < 6; ++i) {
-            v8 e0, o0, e2, o2;  // columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 of 8 tiles
-            load8_deinterleaved(t + i * Wp + 2 * tx, e0, o0);
-            load8_deinterleaved(t + i * Wp + 2 * tx + 2, e2, o2);
-            float* vi = v + 4 * i * ld + tx;
-            store8(vi, e0 - e2);
-            store8(vi + ld, o0 + e2);
-            store8(vi + 2 * ld, e2 - o0);
-            store8(vi + 3 * ld, o0 - o2);
-          }
+        if (g.tw == 2)
+          for (int64_t tx = 0; tx < g.TW; tx += 8)
+            for (int i = 0; i < 6; ++i) {
+              v8 e0, o0, e2, o2;  // columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 of 8 tiles
+              load8_deinterleaved(t + i * Wp + 2 * tx, e0, o0);
+              load8_deinterleaved(t + i * Wp + 2 * tx + 2, e2, o2);
+              float* vi = v + 4 * i * ld + tx;
+              store8(vi, e0 - e2);
+              store8(vi + ld, o0 + e2);
+              store8(vi + 2 * ld, e2 - o0);
+              store8(vi + 3 * ld, o0 - o2);
+            }
+        else
+          for (int64_t tx = 0; tx < g.TW; tx += 8)
+            for (int i = 0; i < 6; ++i) {
+              v8 col[6], next[4], tc[6];  // columns 4tx .. 4tx + 5 of 8 tiles
+              load8_deinterleaved4(t + i * Wp + 4 * tx, col);
+              load8_deinterleaved4(t + i * Wp + 4 * tx + 4, next);
+              col[4] = next[0], col[5] = next[1];
+              col_bt(tc, col);
+              for (int j = 0; j < 6; ++j) store8(v + (6 * i + j) * ld + tx, tc[j]);
+            }
       }
     });
+}
+
+// output_transform (below) for F(4x4) tiles: y = A4^T M A4 (+ bias), M (36, K, P).
+// In 8-float vectors, 8 tiles at a time (as scalar loops gcc vectorised it with
+// 4 lanes and spills, and it took twice the F(4x2) transform's time), the four
+// columns of each output row put back in order with two rounds of shuffles.
+// The last 8 tiles of a row may read up to 7 floats past it: the next tile
+// row's, or the slack after the plane (plane_stride); those lanes are dropped.
+void output_transform4(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1) {
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P);
+  for (int64_t k = 0; k < g.K; ++k) {
+    const v8 b = v8{} + (bias ? bias[k] : 0.0f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.TH, ty = r % g.TH, rows = std::min<int64_t>(4, g.OH - 4 * ty);
+      const float* __restrict m = M + k * P + (r - r0) * g.TW;
+      float* __restrict out = y + ((n * g.K + k) * g.OH + 4 * ty) * g.OW;
+      for (int64_t tx = 0; tx < g.TW; tx += 8) {
+        v8 R[4][6];  // rows: A4^T M, for each column j
+        for (int j = 0; j < 6; ++j) {
+          v8 col[6], rc[4];
+          for (int i = 0; i < 6; ++i) col[i] = load8(m + (6 * i + j) * ld + tx);
+          col_at(rc, col);
+          for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
+        }
+        const int64_t n_out = std::min<int64_t>(32, g.OW - 4 * tx);  // outputs of these 8 tiles in a row
+        for (int a = 0; a < rows; ++a) {  // columns: (A4^T M) A4, output 4 tx' + e in q[e]
+          v8 q[4];
+          col_at(q, R[a]);
+          const v8 lo01 = __builtin_shufflevector(q[0], q[1], 0, 8, 1, 9, 2, 10, 3, 11);
+          const v8 hi01 = __builtin_shufflevector(q[0], q[1], 4, 12, 5, 13, 6, 14, 7, 15);
+          const v8 lo23 = __builtin_shufflevector(q[2], q[3], 0, 8, 1, 9, 2, 10, 3, 11);
+          const v8 hi23 = __builtin_shufflevector(q[2], q[3], 4, 12, 5, 13, 6, 14, 7, 15);
+          const v8 o[4] = {__builtin_shufflevector(lo01, lo23, 0, 1, 8, 9, 2, 3, 10, 11) + b,
+                           __builtin_shufflevector(lo01, lo23, 4, 5, 12, 13, 6, 7, 14, 15) + b,
+                           __builtin_shufflevector(hi01, hi23, 0, 1, 8, 9, 2, 3, 10, 11) + b,
+                           __builtin_shufflevector(hi01, hi23, 4, 5, 12, 13, 6, 7, 14, 15) + b};
+          float* row = out + a * g.OW + 4 * tx;
+          if (n_out == 32) {
+            for (int v = 0; v < 4; ++v) store8(row + 8 * v, o[v]);
+          } else {  // the row's last outputs
+            float buf[32];
+            for (int v = 0; v < 4; ++v) store8(buf + 8 * v, o[v]);
+            std::copy_n(buf, n_out, row);
+          }
+        }
+      }
+      // As in input_transform: the next channel's plane starts cold; fetch its
+      // rows for writing while this channel's tiles are computed.
+      if (k + 1 < g.K) detail::prefetch_floats<true>(out + g.OH * g.OW, rows * g.OW);
+    }
+  }
 }
 
 // y (N, K, OH, OW) = A4^T M A2 (+ bias) for tile rows [r0, r1), from M (24, K, P).
 // s is scratch for 8 TW floats.
 void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1,
                       float* s) {
+  if (g.tw == 4) return output_transform4(y, M, bias, g, r0, r1);
   const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), half = g.OW / 2;
   for (int64_t k = 0; k < g.K; ++k)
     for (int64_t r = r0; r < r1; ++r) {
@@ -383,7 +487,7 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
 }
 
 int64_t block_tiles(const Geom& g) {
-  const int64_t fit = kBlockBytes / (kXi * (g.C + g.K) * int64_t(sizeof(float)));
+  const int64_t fit = kBlockBytes / (g.xi() * (g.C + g.K) * int64_t(sizeof(float)));
   return std::max<int64_t>(64, fit / 64 * 64);
 }
 
@@ -402,15 +506,15 @@ struct Blocks {
 // Threads over blocks, each with its own buffers and a single-threaded sgemm.
 int threads_for(const Blocks& b) { return int(std::min<int64_t>(omp_get_max_threads(), b.count)); }
 
-// Each thread's buffers: V (24 planes of C x P), M (24 of K x P) or dM (24 of P x K),
+// Each thread's buffers: V (xi planes of C x P), M (xi of K x P) or dM (24 of P x K),
 // the padded input rows (zeroed here, once) and 8 TW K floats of scratch. From
 // the caching allocator, which hands the same memory back next call.
 struct Workspace {
   int64_t Vn, Mn, padn, per_thread;
   Tensor buf;
   Workspace(const Geom& g, const Blocks& b, int T)
-      : Vn(kXi * plane_stride(g.C, b.max_tiles)),
-        Mn(kXi * plane_stride(g.K, b.max_tiles)),
+      : Vn(g.xi() * plane_stride(g.C, b.max_tiles)),
+        Mn(g.xi() * plane_stride(g.K, b.max_tiles)),
         padn(padded_floats(g, std::min(b.rows, b.per_block))),
         per_thread(Vn + Mn + padn + 8 * g.TW * g.K),
         buf(empty({T * per_thread})) {
@@ -422,7 +526,7 @@ struct Workspace {
   float* scratch(int t) const { return pad(t) + padn; }
 };
 
-// y = the convolution of x with the transformed filters U (16, K, C), + bias.
+// y = the convolution of x with the transformed filters U (xi, K, C), + bias.
 void winograd_conv(float* y, const float* x, const float* U, const float* bias, const Geom& g) {
   const Blocks blocks(g);
   const int T = threads_for(blocks);
@@ -436,7 +540,7 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
     const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
     input_transform(V, x, g, r0, r1, ws.pad(t));
-    for (int xi = 0; xi < kXi; ++xi)
+    for (int xi = 0; xi < g.xi(); ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.K), int(P), int(g.C), 1.0f, U + xi * g.K * g.C,
                   int(g.C), V + xi * ldV, int(P), 0.0f, M + xi * ldM, int(P));
     output_transform(y, M, bias, g, r0, r1, s);
@@ -444,6 +548,20 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
 }
 
 }  // namespace
+
+// The tile for a convolution that sums `summed` channels into outputs `OW`
+// wide: F(4x4) where its float32 error stays within what F(4x2) has at 256
+// channels (32 channels or fewer; scripts/winograd_error.py) and a row holds at
+// least the 8 tiles the transforms' vectors take at once; F(4x2) elsewhere. At
+// 16x16 and 8x8 the vectors ran half or three quarters empty, and F(4x4) was
+// slower than F(4x2) (norma_bench_kernels).
+int conv2d_winograd_row_tile(int64_t summed, int64_t OW) {
+  static const int64_t limit = [] {  // NORMA_WINOGRAD_F44=0 turns F(4x4) off (to measure what it buys)
+    const char* v = std::getenv("NORMA_WINOGRAD_F44");
+    return v ? std::atoll(v) : int64_t(32);
+  }();
+  return summed <= limit && OW >= 29 ? 4 : 2;
+}
 
 bool conv2d_winograd_applies(const ConvShape& s) {
   // NORMA_WINOGRAD=0 turns it off (to measure what it buys, or to rule it out).
@@ -457,25 +575,25 @@ bool conv2d_winograd_applies(const ConvShape& s) {
 }
 
 void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw);
-  Tensor U = empty({kXi * s.K * s.C});
-  filter_transform(U.data_ptr(), w, s.K, s.C, false);
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, conv2d_winograd_row_tile(s.C, s.OW));
+  Tensor U = empty({g.xi() * s.K * s.C});
+  filter_transform(U.data_ptr(), w, s.K, s.C, false, g.tw);
   winograd_conv(y, x, U.data_ptr(), b, g);
 }
 
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const ConvShape& s) {
   if (dx) {  // dx = dy convolved with the flipped, channel-swapped filters, padding 2 - p
-    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw);
-    Tensor U = empty({kXi * s.C * s.K});
-    filter_transform(U.data_ptr(), w, s.K, s.C, true);
+    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw, conv2d_winograd_row_tile(s.K, s.W));
+    Tensor U = empty({gx.xi() * s.C * s.K});
+    filter_transform(U.data_ptr(), w, s.K, s.C, true, gx.tw);
     winograd_conv(dx, dy, U.data_ptr(), nullptr, gx);
   }
   if (!dw) return;
-  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw);
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, 2);
   const Blocks blocks(g);
   const int T = threads_for(blocks);
-  const int64_t KC = kXi * g.K * g.C;
+  const int64_t KC = g.xi() * g.K * g.C;
   const Workspace ws(g, blocks, T);
   // Each thread sums its blocks' dU into its own slice; the slices are added in
   // thread order afterwards, so the result is the same every run.
@@ -490,7 +608,7 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
     input_transform(V, x, g, r0, r1, ws.pad(t));
     output_transform_backward(dM, dy, g, r0, r1, s);
-    for (int xi = 0; xi < kXi; ++xi)
+    for (int xi = 0; xi < g.xi(); ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.C), int(g.K), int(P), 1.0f, V + xi * ldV,
                   int(P), dM + xi * ldM, int(g.K), 1.0f, dUt + xi * g.C * g.K, int(g.K));
   }

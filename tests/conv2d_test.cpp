@@ -47,17 +47,22 @@ TEST_CASE("conv2d: im2col+sgemm matches the naive loops forward and backward") {
   }
 }
 
-TEST_CASE("conv2d: Winograd F(4x2, 3x3) matches the naive loops forward and backward") {
+TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the naive loops forward and backward") {
   struct W {
     int64_t N, C, K, H, W, ph, pw;
+    int tile, dx_tile;  // outputs per tile along a row, forward and dx: 2 F(4x2), 4 F(4x4)
   };
   const W cases[] = {
-      {2, 16, 16, 8, 8, 1, 1},    // cifar-small's convs, small
-      {3, 16, 17, 20, 20, 1, 1},  // one block of several images
-      {3, 64, 65, 20, 20, 1, 1},  // blocks of 6 tile rows that cross images (64 tiles: 129 channels)
-      {1, 17, 16, 7, 9, 0, 2},    // odd outputs (a half-empty last tile), paddings 0 and 2
-      {2, 16, 16, 1, 5, 1, 0},    // a single input row
-      {1, 16, 16, 3, 530, 1, 1},  // a tile row longer than a block
+      {2, 16, 16, 8, 8, 1, 1, 2, 2},    // cifar-small's convs, small
+      {3, 16, 17, 20, 20, 1, 1, 2, 2},  // one block of several images
+      {3, 64, 65, 20, 20, 1, 1, 2, 2},  // blocks of 6 tile rows that cross images (64 tiles: 129 channels)
+      {1, 17, 16, 7, 9, 0, 2, 2, 2},    // odd outputs (a half-empty last tile), paddings 0 and 2
+      {2, 16, 16, 1, 5, 1, 0, 2, 2},    // a single input row
+      {1, 16, 16, 3, 530, 1, 1, 4, 4},  // a row of 133 tiles, the last half empty
+      {2, 32, 32, 32, 32, 1, 1, 4, 4},  // cifar-small's 32x32 conv, two images
+      {1, 24, 40, 9, 35, 0, 2, 4, 2},   // 37 outputs a row (the last tile a quarter full), dx sums 40
+      {2, 33, 20, 6, 31, 1, 1, 2, 4},   // 31 outputs a row (three quarters), forward sums 33
+      {3, 16, 16, 10, 31, 1, 0, 4, 4},  // 29 outputs a row, the narrowest F(4x4) takes (dx: 31)
   };
   manual_seed(11);
   for (const W& c : cases) {
@@ -65,6 +70,8 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) matches the naive loops forward and back
     Tensor x = randn({c.N, c.C, c.H, c.W}), w = randn({c.K, c.C, 3, 3}), b = randn({c.K});
     ConvShape s = conv2d_shape(x.shape(), w.shape(), 1, {c.ph, c.pw}, 1, 1);
     REQUIRE(conv2d_winograd_applies(s));
+    CHECK(conv2d_winograd_row_tile(s.C, s.OW) == c.tile);
+    CHECK(conv2d_winograd_row_tile(s.K, s.W) == c.dx_tile);
     Tensor y = full({s.N, s.K, s.OH, s.OW}, NAN), y_ref = empty(y.shape());
     conv2d_winograd_forward(y.data_ptr(), x.data_ptr(), w.data_ptr(), b.data_ptr(), s);
     conv2d_forward_naive(y_ref.data_ptr(), x.data_ptr(), w.data_ptr(), b.data_ptr(), s);
