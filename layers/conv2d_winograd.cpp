@@ -49,6 +49,7 @@
 // Letters: N batch, C input channels, K output channels, H/W input size, OH/OW
 // output size, TH/TW tiles per column/row (4 x tw outputs each, tw 2 or 4), P tiles
 // in a block, xi = (tw + 2) i + j the tile position in row i (of 6) and column j.
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -254,41 +255,49 @@ void for_each_image_segment(const Geom& g, int64_t r0, int64_t r1, F f) {
 }
 
 // Scratch floats for input_transform: six rows for the column transform's
-// output, then a zero-padded copy of the input rows one block reads; all rows
-// tw TW + 2 columns wide (every tile's tw + 2 columns inside them), rounded up
-// to whole vectors of 8.
+// output t, then a row of zeros, 8 floats more either side, that stands for
+// the padding rows above and below the input (and that the row pass reads
+// into, running past t's last row); rows tw TW + 2 columns wide (every tile's
+// tw + 2 columns inside them), rounded up to whole vectors of 8.
 int64_t padded_width(const Geom& g) { return (g.tw * g.TW + 2 + 7) / 8 * 8; }
-int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (6 + 4 * tile_rows + 2) * padded_width(g); }
+int64_t padded_floats(const Geom& g) { return 7 * padded_width(g) + 16; }
+
+// The 8 floats of row from column j0 on, zero outside its columns [0, W): a
+// masked load, which reads nothing outside them, where AVX-512 is there.
+inline v8 load8_clipped(const float* row, int64_t j0, int64_t W) {
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+  const int64_t lo = std::max<int64_t>(0, -j0), hi = std::min<int64_t>(8, W - j0);
+  const unsigned m = hi > lo ? ((1u << hi) - 1) & ~((1u << lo) - 1) : 0;
+  return (v8)_mm256_maskz_loadu_ps(__mmask8(m), row + j0);
+#else
+  float b[8];
+  for (int64_t i = 0; i < 8; ++i) b[i] = j0 + i >= 0 && j0 + i < W ? row[j0 + i] : 0.0f;
+  return load8(b);
+#endif
+}
 
 // V (xi, C, P) = B4^T d B2 (or B4^T d B4) for every tile of tile rows [r0, r1) of x (N, C, H, W).
 // pad: the thread's scratch from its Workspace (padded_floats), zeroed when that
-// was made (only the columns of the input are written here, so the side padding
-// stays zero). Each plane's rows are copied in once, padding included; then, for
-// each tile row, B4^T runs down the columns of its six rows, contiguous in
-// memory, and B2 along the four columns of each tile, both without bounds tests.
-// (As one loop over tiles, reading every column with stride 2, gcc vectorised
-// it with 4 lanes only and it took twice as long.)
+// was made. For each tile row, B4^T runs down the columns of its six input
+// rows, read from x where they are inside it (with masked loads at its left and
+// right edges) and from pad's zero row where they are padding; then B2 (or B4)
+// along the columns of each tile. A copy of the rows with their padding,
+// which the transform read before, took a fifth of its time. (As one loop over
+// tiles, reading every column with stride 2, gcc vectorised it with 4 lanes
+// only and it took twice as long.)
 void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* pad) {
   const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P), Wp = padded_width(g);
   float* __restrict t = pad;  // (6, Wp): B4^T d
-  pad += 6 * Wp;
+  const float* zero = pad + 6 * Wp + 8;
   for (int64_t c = 0; c < g.C; ++c)
     for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
       const float* plane = x + (n * g.C + c) * g.H * g.W;
-      for (int64_t l = 0; l < 4 * (ty1 - ty0) + 2; ++l) {
-        const int64_t ih = 4 * ty0 - g.ph + l;
-        float* dst = pad + l * Wp + g.pw;
-        if (ih >= 0 && ih < g.H)
-          std::copy_n(plane + ih * g.W, g.W, dst);
-        else
-          std::fill_n(dst, g.W, 0.0f);
-      }
-      // The copy above waits on memory: hardware prefetchers stop at 4 KiB
-      // pages, a 32x32 plane's size, so each plane starts cold. Ask for the
-      // next channel's rows while this one's tiles are computed, a share of
-      // them each tile row: issued all at once, the prefetches waited on each
-      // other. Measured on one thread, x of 128x32x32x32 out of cache: 3.7 ms
-      // without, 3.4-3.5 all at once, 2.7-3.0 spread (with F(2x2, 3x3)).
+      // Hardware prefetchers stop at 4 KiB pages, a 32x32 plane's size, so
+      // each plane starts cold. Ask for the next channel's rows while this
+      // one's tiles are computed, a share of them each tile row: issued all at
+      // once, the prefetches waited on each other. Measured on one thread, x of
+      // 128x32x32x32 out of cache: 3.7 ms without, 3.4-3.5 all at once, 2.7-3.0
+      // spread (with F(2x2, 3x3)).
       const int64_t lo = std::max<int64_t>(0, 4 * ty0 - g.ph) * g.W;
       const int64_t hi = c + 1 < g.C ? std::min(g.H, 4 * ty1 - g.ph + 2) * g.W : lo;
       const int64_t share = ((hi - lo + ty1 - ty0 - 1) / (ty1 - ty0) + 15) / 16 * 16;
@@ -296,10 +305,18 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
       for (int64_t ty = ty0; ty < ty1; ++ty) {
         const int64_t p0 = lo + (ty - ty0) * share;
         detail::prefetch_floats(next + p0, std::min(hi, p0 + share) - p0);
-        const float* __restrict d = pad + 4 * (ty - ty0) * Wp;  // the tile row's six input rows
-        for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns
+        const float* rows[6];  // the tile row's six input rows
+        for (int l = 0; l < 6; ++l) {
+          const int64_t ih = 4 * ty - g.ph + l;
+          rows[l] = ih >= 0 && ih < g.H ? plane + ih * g.W : zero;
+        }
+        for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns; q is x's column q - pw
+          const int64_t j0 = q - g.pw;
           v8 col[6], tc[6];
-          for (int l = 0; l < 6; ++l) col[l] = load8(d + l * Wp + q);
+          if (j0 >= 0 && j0 + 8 <= g.W)
+            for (int l = 0; l < 6; ++l) col[l] = load8(rows[l] + j0);
+          else
+            for (int l = 0; l < 6; ++l) col[l] = load8_clipped(rows[l], j0, g.W);
           col_bt(tc, col);
           for (int i = 0; i < 6; ++i) store8(t + i * Wp + q, tc[i]);
         }
@@ -515,7 +532,7 @@ struct Workspace {
   Workspace(const Geom& g, const Blocks& b, int T)
       : Vn(g.xi() * plane_stride(g.C, b.max_tiles)),
         Mn(g.xi() * plane_stride(g.K, b.max_tiles)),
-        padn(padded_floats(g, std::min(b.rows, b.per_block))),
+        padn(padded_floats(g)),
         per_thread(Vn + Mn + padn + 8 * g.TW * g.K),
         buf(empty({T * per_thread})) {
     for (int t = 0; t < T; ++t) std::fill_n(pad(t), padn, 0.0f);
