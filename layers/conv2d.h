@@ -1,8 +1,8 @@
 // Conv2d on NCHW tensors: x (N, C, H, W) * weight (K, C/groups, kh, kw) + bias (K)
 // -> y (N, K, OH, OW) with OH = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (likewise OW).
 //
-// Fast paths: Winograd F(4x2, 3x3) or F(4x4, 3x3) for the stride-1 3x3
-// convolutions of a CNN (conv2d_winograd.cpp, 3x or 4x fewer multiplies), direct loops for few input
+// Fast paths: Winograd F(4x2, 3x3) for the stride-1 3x3 convolutions of a CNN
+// (conv2d_winograd.cpp, 3x fewer multiplies), direct loops for few input
 // channels (conv2d_direct.cpp, the RGB layer), otherwise im2col + OpenBLAS
 // sgemm, per image and group:
 //   col (C/g*kh*kw, OH*OW) = im2col(x[n, g])     y[n, g] = W_g (K/g, C/g*kh*kw) @ col
@@ -45,11 +45,13 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, con
 // ---- Winograd F(4x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
 // group, padding <= 2, at least 16 channels in and out. conv2d_forward and
 // conv2d_backward take this path where it applies; NORMA_WINOGRAD=0 turns it off.
-// Where a convolution sums at most 32 channels into rows of at least 29
-// outputs, the forward and dx take F(4x4, 3x3) tiles instead (dw stays on F(4x2));
-// conv2d_winograd_row_tile gives the outputs per tile along a row, 4 or 2.
+// NORMA_WINOGRAD_F44=n makes the forward and dx convolutions that sum at most
+// n channels take F(4x4, 3x3) tiles instead (dw stays on F(4x2)): 4x fewer
+// multiplies than direct convolution, but 2-3x F(4x2)'s float32 error, so off
+// unless asked for. conv2d_winograd_row_tile gives the outputs per tile along a
+// row for a sum over so many channels: 4 (F(4x4)) or 2.
 bool conv2d_winograd_applies(const ConvShape& s);
-int conv2d_winograd_row_tile(int64_t summed_channels, int64_t out_width);
+int conv2d_winograd_row_tile(int64_t summed_channels);
 void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
 // dx and dw (either may be null) are overwritten; conv2d_backward computes db.
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,

@@ -1,8 +1,8 @@
 // Winograd convolution (Lavin & Gray, "Fast Algorithms for Convolutional
 // Neural Networks", 2015) for 3x3 kernels with stride 1, dilation 1 and one
 // group: the shape of every cifar-small conv but the first. Tiles are F(4x2, 3x3):
-// F(4, 3) down the columns and F(2, 3) along the rows, nested; or, where few
-// channels are summed into long rows, F(4x4, 3x3): F(4, 3) both ways.
+// F(4, 3) down the columns and F(2, 3) along the rows, nested; or, opt-in,
+// F(4x4, 3x3): F(4, 3) both ways.
 //
 // A 6x4 input tile d and a 3x3 filter g give a 4x2 output tile
 //   Y = A4^T [ (G4 g G2^T) .* (B4^T d B2) ] A2
@@ -26,11 +26,10 @@
 // more.
 //
 // F(4x4, 3x3), Y = A4^T [ (G4 g G4^T) .* (B4^T d B4) ] A4 on 6x6 input tiles:
-// 36 multiplies per 16 outputs, a quarter fewer again, but its error grows
-// faster with the channels summed: 0.39 of the golden tolerance at 32 channels,
-// 1.14 at 256, where F(4x2) stays at 0.47. So it is taken only up to 32
-// channels (conv2d_winograd_row_tile), and only for the forward and dx
-// convolutions: dw, whose sums run over every tile of the batch, keeps F(4x2).
+// 36 multiplies per 16 outputs, a quarter fewer again, but 2-3x F(4x2)'s
+// error. So it is opt-in (NORMA_WINOGRAD_F44, conv2d_winograd_row_tile), and
+// only for the forward and dx convolutions: dw, whose sums run over every tile
+// of the batch, keeps F(4x2).
 //
 // Summed over input channels, each of the 24 positions xi of the 6x4 tile (36
 // of the 6x6) is one matrix product:
@@ -93,16 +92,17 @@ inline void transpose8(v8 b[8]) {
     b[j + 4] = __builtin_shufflevector(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
   }
 }
-// The even and the odd elements of the 16 floats at p.
-inline void load8_deinterleaved(const float* p, v8& even, v8& odd) {
-  const v8 a = load8(p), b = load8(p + 8);
+// The even and the odd elements of the 8 floats at p[0] + o then the 8 at p[1] + o.
+inline void load8_deinterleaved(const float* const p[2], int64_t o, v8& even, v8& odd) {
+  const v8 a = load8(p[0] + o), b = load8(p[1] + o);
   even = __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14);
   odd = __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
-// Elements 4 j + e of the 32 floats at p, for j = 0..7, into q[e] (e = 0..3).
-inline void load8_deinterleaved4(const float* p, v8 q[4]) {
-  const v8 a = load8(p), b = load8(p + 8), c = load8(p + 16), d = load8(p + 24);
+// Elements 4 j + e of the 32 floats at p[0] + o, p[1] + o, p[2] + o, p[3] + o
+// (8 each), for j = 0..7, into q[e] (e = 0..3).
+inline void load8_deinterleaved4(const float* const p[4], int64_t o, v8 q[4]) {
+  const v8 a = load8(p[0] + o), b = load8(p[1] + o), c = load8(p[2] + o), d = load8(p[3] + o);
   const v8 ab01 = __builtin_shufflevector(a, b, 0, 4, 8, 12, 1, 5, 9, 13);  // e = 0, 1 of j = 0..3
   const v8 ab23 = __builtin_shufflevector(a, b, 2, 6, 10, 14, 3, 7, 11, 15);
   const v8 cd01 = __builtin_shufflevector(c, d, 0, 4, 8, 12, 1, 5, 9, 13);  // of j = 4..7
@@ -113,15 +113,35 @@ inline void load8_deinterleaved4(const float* p, v8 q[4]) {
   q[3] = __builtin_shufflevector(ab23, cd23, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// The inverses, for the output transforms: out[m] (8 floats each) gets elements
+// 8 m .. 8 m + 7 of even[0] odd[0] even[1] odd[1] ... (2 lanes), or of
+// q[0][0] q[1][0] q[2][0] q[3][0] q[0][1] ... (4 lanes).
+inline void interleave8(v8 out[2], v8 even, v8 odd) {
+  out[0] = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+  out[1] = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+inline void interleave8x4(v8 out[4], const v8 q[4]) {
+  v8 a[2], b[2];  // q[0] q[1] and q[2] q[3] in pairs
+  interleave8(a, q[0], q[1]);
+  interleave8(b, q[2], q[3]);
+  out[0] = __builtin_shufflevector(a[0], b[0], 0, 1, 8, 9, 2, 3, 10, 11);
+  out[1] = __builtin_shufflevector(a[0], b[0], 4, 5, 12, 13, 6, 7, 14, 15);
+  out[2] = __builtin_shufflevector(a[1], b[1], 0, 1, 8, 9, 2, 3, 10, 11);
+  out[3] = __builtin_shufflevector(a[1], b[1], 4, 5, 12, 13, 6, 7, 14, 15);
+}
+
 struct Geom {  // the tiling of one stride-1 3x3 convolution
   int64_t N, C, K, H, W, ph, pw, OH, OW, TH, TW;
-  int tw;                                    // outputs per tile along a row: 2 (F(4x2)) or 4 (F(4x4))
-  int xi() const { return 6 * (tw + 2); }    // positions of a tile: 6 rows x (tw + 2) columns
+  int tw;                                  // outputs per tile along a row: 2 (F(4x2)) or 4 (F(4x4))
+  int xi() const { return 6 * (tw + 2); }  // positions of a tile: 6 rows x (tw + 2) columns
+  int chunk() const { return 8 / tw; }     // tiles whose columns start in 8 floats of a row
 };
 
+// TW is rounded up to whole chunks: 8 floats of a row, 8 / tw tiles (see
+// input_transform), which the extra tiles, outside the output, fill.
 Geom geom(int64_t N, int64_t C, int64_t K, int64_t H, int64_t W, int64_t ph, int64_t pw, int tw) {
-  const int64_t OH = H + 2 * ph - 2, OW = W + 2 * pw - 2;
-  return {N, C, K, H, W, ph, pw, OH, OW, (OH + 3) / 4, (OW + tw - 1) / tw, tw};
+  const int64_t OH = H + 2 * ph - 2, OW = W + 2 * pw - 2, chunk = 8 / tw;
+  return {N, C, K, H, W, ph, pw, OH, OW, (OH + 3) / 4, ((OW + tw - 1) / tw + chunk - 1) / chunk * chunk, tw};
 }
 
 // The one-dimensional transforms, each written out once. Along a column (F(4, 3)):
@@ -254,13 +274,14 @@ void for_each_image_segment(const Geom& g, int64_t r0, int64_t r1, F f) {
   }
 }
 
-// Scratch floats for input_transform: six rows for the column transform's
-// output t, then a row of zeros, 8 floats more either side, that stands for
-// the padding rows above and below the input (and that the row pass reads
-// into, running past t's last row); rows tw TW + 2 columns wide (every tile's
-// tw + 2 columns inside them), rounded up to whole vectors of 8.
+// Scratch floats for input_transform: a row of zeros, 8 floats more either
+// side, that stands for the padding rows above and below the input; then six
+// rows of the column transform's output t for each tile row of a block, and
+// 32 floats that the row pass reads into, running past t's last row. Rows
+// tw TW + 2 columns wide (every tile's tw + 2 columns inside them), rounded up
+// to whole vectors of 8.
 int64_t padded_width(const Geom& g) { return (g.tw * g.TW + 2 + 7) / 8 * 8; }
-int64_t padded_floats(const Geom& g) { return 7 * padded_width(g) + 16; }
+int64_t padded_floats(const Geom& g, int64_t tile_rows) { return (6 * tile_rows + 1) * padded_width(g) + 48; }
 
 // The 8 floats of row from column j0 on, zero outside its columns [0, W): a
 // masked load, which reads nothing outside them, where AVX-512 is there.
@@ -278,18 +299,29 @@ inline v8 load8_clipped(const float* row, int64_t j0, int64_t W) {
 
 // V (xi, C, P) = B4^T d B2 (or B4^T d B4) for every tile of tile rows [r0, r1) of x (N, C, H, W).
 // pad: the thread's scratch from its Workspace (padded_floats), zeroed when that
-// was made. For each tile row, B4^T runs down the columns of its six input
-// rows, read from x where they are inside it (with masked loads at its left and
-// right edges) and from pad's zero row where they are padding; then B2 (or B4)
-// along the columns of each tile. A copy of the rows with their padding,
-// which the transform read before, took a fifth of its time. (As one loop over
-// tiles, reading every column with stride 2, gcc vectorised it with 4 lanes
-// only and it took twice as long.)
+// was made. Per channel, B4^T runs down the columns of each tile row's six
+// input rows, read from x where they are inside it (with masked loads at its
+// left and right edges) and from pad's zero row where they are padding; then
+// B2 (or B4) along the columns of each tile, for 8 tiles at a time in the
+// order of V: 8 floats of a row of t (a chunk) hold the first columns of
+// 4 tiles (2 with B4), so 8 tiles are two chunks (four), from one tile row
+// or, in narrow images, from several. (As one loop over tiles, reading every
+// column with stride 2, gcc vectorised it with 4 lanes only and it took twice
+// as long; a copy of the rows with their padding, read before, took a fifth
+// of the transform's time.) The last 8 tiles may run past P, writing up to 7
+// floats into the next channel's slots, written again later, or into the 16
+// floats of slack after a plane (plane_stride).
 void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1, float* pad) {
   const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P), Wp = padded_width(g);
-  float* __restrict t = pad;  // (6, Wp): B4^T d
-  const float* zero = pad + 6 * Wp + 8;
-  for (int64_t c = 0; c < g.C; ++c)
+  const float* zero = pad + 8;
+  float* __restrict t = pad + Wp + 16;  // (r1 - r0, 6, Wp): B4^T d for each tile row
+  const int64_t chunks = P / g.chunk();
+  std::vector<int64_t> at(chunks);  // where each chunk starts in its tile row's first row of t
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t q = ch * g.chunk();
+    at[ch] = q / g.TW * 6 * Wp + g.tw * (q % g.TW);
+  }
+  for (int64_t c = 0; c < g.C; ++c) {
     for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
       const float* plane = x + (n * g.C + c) * g.H * g.W;
       // Hardware prefetchers stop at 4 KiB pages, a 32x32 plane's size, so
@@ -310,6 +342,7 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
           const int64_t ih = 4 * ty - g.ph + l;
           rows[l] = ih >= 0 && ih < g.H ? plane + ih * g.W : zero;
         }
+        float* tr = t + (r - r0 + ty - ty0) * 6 * Wp;
         for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns; q is x's column q - pw
           const int64_t j0 = q - g.pw;
           v8 col[6], tc[6];
@@ -318,129 +351,120 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
           else
             for (int l = 0; l < 6; ++l) col[l] = load8_clipped(rows[l], j0, g.W);
           col_bt(tc, col);
-          for (int i = 0; i < 6; ++i) store8(t + i * Wp + q, tc[i]);
+          for (int i = 0; i < 6; ++i) store8(tr + i * Wp + q, tc[i]);
         }
-        // B2 (or B4) along the tiles, 8 at a time: tile tx reads columns
-        // tw tx .. tw tx + tw + 1 of each row of t. The last 8 may run past TW,
-        // reading into the next row of t (or the padded rows after t) and
-        // writing up to 7 floats into the slots of the next tile row, written
-        // again later, or of the next channel, likewise, or into the 16 floats
-        // of slack after a plane (plane_stride).
-        float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
-        if (g.tw == 2)
-          for (int64_t tx = 0; tx < g.TW; tx += 8)
-            for (int i = 0; i < 6; ++i) {
-              v8 e0, o0, e2, o2;  // columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 of 8 tiles
-              load8_deinterleaved(t + i * Wp + 2 * tx, e0, o0);
-              load8_deinterleaved(t + i * Wp + 2 * tx + 2, e2, o2);
-              float* vi = v + 4 * i * ld + tx;
-              store8(vi, e0 - e2);
-              store8(vi + ld, o0 + e2);
-              store8(vi + 2 * ld, e2 - o0);
-              store8(vi + 3 * ld, o0 - o2);
-            }
-        else
-          for (int64_t tx = 0; tx < g.TW; tx += 8)
-            for (int i = 0; i < 6; ++i) {
-              v8 col[6], next[4], tc[6];  // columns 4tx .. 4tx + 5 of 8 tiles
-              load8_deinterleaved4(t + i * Wp + 4 * tx, col);
-              load8_deinterleaved4(t + i * Wp + 4 * tx + 4, next);
-              col[4] = next[0], col[5] = next[1];
-              col_bt(tc, col);
-              for (int j = 0; j < 6; ++j) store8(v + (6 * i + j) * ld + tx, tc[j]);
-            }
       }
     });
-}
-
-// output_transform (below) for F(4x4) tiles: y = A4^T M A4 (+ bias), M (36, K, P).
-// In 8-float vectors, 8 tiles at a time (as scalar loops gcc vectorised it with
-// 4 lanes and spills, and it took twice the F(4x2) transform's time), the four
-// columns of each output row put back in order with two rounds of shuffles.
-// The last 8 tiles of a row may read up to 7 floats past it: the next tile
-// row's, or the slack after the plane (plane_stride); those lanes are dropped.
-void output_transform4(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1) {
-  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P);
-  for (int64_t k = 0; k < g.K; ++k) {
-    const v8 b = v8{} + (bias ? bias[k] : 0.0f);
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.TH, ty = r % g.TH, rows = std::min<int64_t>(4, g.OH - 4 * ty);
-      const float* __restrict m = M + k * P + (r - r0) * g.TW;
-      float* __restrict out = y + ((n * g.K + k) * g.OH + 4 * ty) * g.OW;
-      for (int64_t tx = 0; tx < g.TW; tx += 8) {
-        v8 R[4][6];  // rows: A4^T M, for each column j
-        for (int j = 0; j < 6; ++j) {
-          v8 col[6], rc[4];
-          for (int i = 0; i < 6; ++i) col[i] = load8(m + (6 * i + j) * ld + tx);
-          col_at(rc, col);
-          for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
+    float* __restrict v = V + c * P;
+    for (int64_t q0 = 0; q0 < P; q0 += 8) {  // B2 (or B4) along the rows, 8 tiles at a time
+      const float* src[4];  // the chunks of these 8 tiles (the last one again past P)
+      for (int m = 0; m < g.tw; ++m) src[m] = t + at[std::min(q0 / g.chunk() + m, chunks - 1)];
+      for (int i = 0; i < 6; ++i)
+        if (g.tw == 2) {
+          v8 e0, o0, e2, o2;  // columns 2tx, 2tx + 1, 2tx + 2, 2tx + 3 of 8 tiles
+          load8_deinterleaved(src, i * Wp, e0, o0);
+          load8_deinterleaved(src, i * Wp + 2, e2, o2);
+          float* vi = v + 4 * i * ld + q0;
+          store8(vi, e0 - e2);
+          store8(vi + ld, o0 + e2);
+          store8(vi + 2 * ld, e2 - o0);
+          store8(vi + 3 * ld, o0 - o2);
+        } else {
+          v8 col[6], next[4], tc[6];  // columns 4tx .. 4tx + 5 of 8 tiles
+          load8_deinterleaved4(src, i * Wp, col);
+          load8_deinterleaved4(src, i * Wp + 4, next);
+          col[4] = next[0], col[5] = next[1];
+          col_bt(tc, col);
+          for (int j = 0; j < 6; ++j) store8(v + (6 * i + j) * ld + q0, tc[j]);
         }
-        const int64_t n_out = std::min<int64_t>(32, g.OW - 4 * tx);  // outputs of these 8 tiles in a row
-        for (int a = 0; a < rows; ++a) {  // columns: (A4^T M) A4, output 4 tx' + e in q[e]
-          v8 q[4];
-          col_at(q, R[a]);
-          const v8 lo01 = __builtin_shufflevector(q[0], q[1], 0, 8, 1, 9, 2, 10, 3, 11);
-          const v8 hi01 = __builtin_shufflevector(q[0], q[1], 4, 12, 5, 13, 6, 14, 7, 15);
-          const v8 lo23 = __builtin_shufflevector(q[2], q[3], 0, 8, 1, 9, 2, 10, 3, 11);
-          const v8 hi23 = __builtin_shufflevector(q[2], q[3], 4, 12, 5, 13, 6, 14, 7, 15);
-          const v8 o[4] = {__builtin_shufflevector(lo01, lo23, 0, 1, 8, 9, 2, 3, 10, 11) + b,
-                           __builtin_shufflevector(lo01, lo23, 4, 5, 12, 13, 6, 7, 14, 15) + b,
-                           __builtin_shufflevector(hi01, hi23, 0, 1, 8, 9, 2, 3, 10, 11) + b,
-                           __builtin_shufflevector(hi01, hi23, 4, 5, 12, 13, 6, 7, 14, 15) + b};
-          float* row = out + a * g.OW + 4 * tx;
-          if (n_out == 32) {
-            for (int v = 0; v < 4; ++v) store8(row + 8 * v, o[v]);
-          } else {  // the row's last outputs
-            float buf[32];
-            for (int v = 0; v < 4; ++v) store8(buf + 8 * v, o[v]);
-            std::copy_n(buf, n_out, row);
-          }
-        }
-      }
-      // As in input_transform: the next channel's plane starts cold; fetch its
-      // rows for writing while this channel's tiles are computed.
-      if (k + 1 < g.K) detail::prefetch_floats<true>(out + g.OH * g.OW, rows * g.OW);
     }
   }
 }
 
-// y (N, K, OH, OW) = A4^T M A2 (+ bias) for tile rows [r0, r1), from M (24, K, P).
-// s is scratch for 8 TW floats.
-void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1,
-                      float* s) {
-  if (g.tw == 4) return output_transform4(y, M, bias, g, r0, r1);
-  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), half = g.OW / 2;
-  for (int64_t k = 0; k < g.K; ++k)
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t n = r / g.TH, ty = r % g.TH;
-      const float* __restrict m = M + k * P + (r - r0) * g.TW;
-      float* __restrict out = s;  // (4 rows) x (even, odd) x TW
-      detail::simd_for(g.TW, [&](int64_t tx) __attribute__((always_inline)) {
-        float R[4][4];  // rows: A4^T M, for each column j
+// Where the outputs of each chunk of tile rows [r0, r1) go (see input_transform):
+// the offset of its first output in y's channel 0, its rows (up to 4) and the
+// outputs of its 8 columns inside the image (8; fewer, or none, past OW).
+struct OutChunk {
+  int64_t offset;
+  int rows, n;
+};
+std::vector<OutChunk> out_chunks(const Geom& g, int64_t r0, int64_t r1) {
+  std::vector<OutChunk> out((r1 - r0) * g.TW / g.chunk());
+  for (size_t ch = 0; ch < out.size(); ++ch) {
+    const int64_t q = int64_t(ch) * g.chunk(), r = r0 + q / g.TW, tx = q % g.TW, n = r / g.TH, ty = r % g.TH;
+    out[ch] = {(n * g.K * g.OH + 4 * ty) * g.OW + g.tw * tx, int(std::min<int64_t>(4, g.OH - 4 * ty)),
+               int(std::clamp<int64_t>(g.OW - g.tw * tx, 0, 8))};
+  }
+  return out;
+}
+
+// Output row a of a chunk, the 8 floats o, to y (yk: the channel's plane), and
+// a prefetch for writing the same place `next` floats on (the next channel's
+// plane, or none): as in input_transform, each plane starts cold.
+inline void store_chunk_row(float* yk, const OutChunk& c, int a, v8 o, int64_t OW, int64_t next) {
+  if (a >= c.rows || c.n == 0) return;
+  float* row = yk + c.offset + a * OW;
+  if (c.n == 8) {
+    store8(row, o);
+  } else {
+    float buf[8];
+    store8(buf, o);
+    std::copy_n(buf, c.n, row);
+  }
+  if (next) detail::prefetch_floats<true>(row + next, c.n);
+}
+
+// y (N, K, OH, OW) = A4^T M A2 (+ bias) for tile rows [r0, r1), from M (24, K, P),
+// or A4^T M A4 from M (36, K, P) with F(4x4) tiles. In 8-float vectors, 8
+// tiles at a time in the order of M, the columns of each output row put back
+// in order with shuffles, then written a chunk at a time. The last 8 tiles
+// may read up to 7 floats past P: the slack after the plane (plane_stride).
+// (Written as scalar loops over tiles, gcc vectorised F(4x4)'s with 4 lanes
+// and spills, and it took twice F(4x2)'s time; the F(4x2) one ran unvectorised
+// where a tile row had fewer than 8 tiles.)
+void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1) {
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), plane = g.OH * g.OW;
+  const std::vector<OutChunk> chunks = out_chunks(g, r0, r1);
+  const int64_t n_chunks = int64_t(chunks.size());
+  for (int64_t k = 0; k < g.K; ++k) {
+    const v8 b = v8{} + (bias ? bias[k] : 0.0f);
+    const float* __restrict m = M + k * P;
+    float* yk = y + k * plane;
+    const int64_t next = k + 1 < g.K ? plane : 0;
+    for (int64_t q0 = 0; q0 < P; q0 += 8) {
+      const OutChunk* c = chunks.data() + q0 / g.chunk();
+      const int64_t nc = std::min<int64_t>(g.tw, n_chunks - q0 / g.chunk());  // chunks of these 8 tiles
+      if (g.tw == 2) {
+        v8 R[4][4];  // rows: A4^T M, for each column j
         for (int j = 0; j < 4; ++j) {
-          float col[6], rc[4];
-          for (int i = 0; i < 6; ++i) col[i] = m[(4 * i + j) * ld + tx];
+          v8 col[6], rc[4];
+          for (int i = 0; i < 6; ++i) col[i] = load8(m + (4 * i + j) * ld + q0);
           col_at(rc, col);
           for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
         }
         for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A2
-          out[(2 * a) * g.TW + tx] = R[a][0] + R[a][1] + R[a][2];
-          out[(2 * a + 1) * g.TW + tx] = R[a][1] - R[a][2] - R[a][3];
+          v8 o[2];
+          interleave8(o, R[a][0] + R[a][1] + R[a][2] + b, R[a][1] - R[a][2] - R[a][3] + b);
+          for (int64_t h = 0; h < nc; ++h) store_chunk_row(yk, c[h], a, o[h], g.OW, next);
         }
-      });
-      const float b = bias ? bias[k] : 0.0f;
-      for (int a = 0; a < 4 && 4 * ty + a < g.OH; ++a) {
-        float* __restrict row = y + ((n * g.K + k) * g.OH + 4 * ty + a) * g.OW;
-        const float *__restrict even = s + 2 * a * g.TW, *__restrict odd = even + g.TW;
-        detail::simd_for(half, [&](int64_t tx) __attribute__((always_inline)) {
-          row[2 * tx] = even[tx] + b, row[2 * tx + 1] = odd[tx] + b;
-        });
-        if (g.OW & 1) row[g.OW - 1] = even[half] + b;  // the last tile's right column is outside
-        // As in input_transform: the next channel's plane starts cold; fetch
-        // its row for writing while this channel's tiles are computed.
-        if (k + 1 < g.K) detail::prefetch_floats<true>(row + g.OH * g.OW, g.OW);
+      } else {
+        v8 R[4][6];
+        for (int j = 0; j < 6; ++j) {
+          v8 col[6], rc[4];
+          for (int i = 0; i < 6; ++i) col[i] = load8(m + (6 * i + j) * ld + q0);
+          col_at(rc, col);
+          for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
+        }
+        for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A4
+          v8 q[4], o[4];
+          col_at(q, R[a]);
+          for (int e = 0; e < 4; ++e) q[e] += b;
+          interleave8x4(o, q);
+          for (int64_t h = 0; h < nc; ++h) store_chunk_row(yk, c[h], a, o[h], g.OW, next);
+        }
       }
     }
+  }
 }
 
 // dM (24, P, K) = A4 dY A2^T for tile rows [r0, r1) of dy (N, K, OH, OW), the
@@ -482,7 +506,7 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
       // prefetchers: ask for the row four below (the next tile row's) by hand.
       if (oh + 4 < g.OH)
         for (int64_t k = 0; k < K; ++k) detail::prefetch_floats(rows + k * plane + 4 * g.OW, g.OW);
-      if (g.OW & 1) std::fill_n(d + g.OW * K, K, 0.0f);  // the last tile's right column is outside
+      std::fill_n(d + g.OW * K, (Wd - g.OW) * K, 0.0f);  // columns of tiles outside the output
     }
     for (int64_t tx = 0; tx < g.TW; ++tx) {
       const float* __restrict e = s + 2 * tx * K;  // row 4ty + a, column 2tx at e + a Wd K, 2tx + 1 at + K
@@ -532,7 +556,7 @@ struct Workspace {
   Workspace(const Geom& g, const Blocks& b, int T)
       : Vn(g.xi() * plane_stride(g.C, b.max_tiles)),
         Mn(g.xi() * plane_stride(g.K, b.max_tiles)),
-        padn(padded_floats(g)),
+        padn(padded_floats(g, std::min(b.rows, b.per_block))),
         per_thread(Vn + Mn + padn + 8 * g.TW * g.K),
         buf(empty({T * per_thread})) {
     for (int t = 0; t < T; ++t) std::fill_n(pad(t), padn, 0.0f);
@@ -553,31 +577,31 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
   for (int64_t i = 0; i < blocks.count; ++i) {
     const int t = omp_get_thread_num();
-    float *V = ws.V(t), *M = ws.M(t), *s = ws.scratch(t);
+    float *V = ws.V(t), *M = ws.M(t);
     const int64_t r0 = blocks.begin(i), r1 = blocks.end(i), P = (r1 - r0) * g.TW;
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
     input_transform(V, x, g, r0, r1, ws.pad(t));
     for (int xi = 0; xi < g.xi(); ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.K), int(P), int(g.C), 1.0f, U + xi * g.K * g.C,
                   int(g.C), V + xi * ldV, int(P), 0.0f, M + xi * ldM, int(P));
-    output_transform(y, M, bias, g, r0, r1, s);
+    output_transform(y, M, bias, g, r0, r1);
   }
 }
 
 }  // namespace
 
-// The tile for a convolution that sums `summed` channels into outputs `OW`
-// wide: F(4x4) where its float32 error stays within what F(4x2) has at 256
-// channels (32 channels or fewer; scripts/winograd_error.py) and a row holds at
-// least the 8 tiles the transforms' vectors take at once; F(4x2) elsewhere. At
-// 16x16 and 8x8 the vectors ran half or three quarters empty, and F(4x4) was
-// slower than F(4x2) (norma_bench_kernels).
-int conv2d_winograd_row_tile(int64_t summed, int64_t OW) {
-  static const int64_t limit = [] {  // NORMA_WINOGRAD_F44=0 turns F(4x4) off (to measure what it buys)
+// The tile for a convolution that sums `summed` channels: F(4x2), or F(4x4)
+// where NORMA_WINOGRAD_F44 allows it. Opt-in because of its error: on data
+// at PyTorch's scale (weights 1/sqrt(9 C)) it stays within the golden
+// tolerance up to 32 channels (scripts/winograd_error.py), but on all-randn
+// data, as the golden fixtures are made, it reached 1.9x that tolerance at 16
+// channels where F(4x2) stayed at 0.9, and failed conv_winograd_pad0_odd.
+int conv2d_winograd_row_tile(int64_t summed) {
+  static const int64_t limit = [] {
     const char* v = std::getenv("NORMA_WINOGRAD_F44");
-    return v ? std::atoll(v) : int64_t(32);
+    return v ? std::atoll(v) : int64_t(0);
   }();
-  return summed <= limit && OW >= 29 ? 4 : 2;
+  return summed <= limit ? 4 : 2;
 }
 
 bool conv2d_winograd_applies(const ConvShape& s) {
@@ -592,7 +616,7 @@ bool conv2d_winograd_applies(const ConvShape& s) {
 }
 
 void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, conv2d_winograd_row_tile(s.C, s.OW));
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, conv2d_winograd_row_tile(s.C));
   Tensor U = empty({g.xi() * s.K * s.C});
   filter_transform(U.data_ptr(), w, s.K, s.C, false, g.tw);
   winograd_conv(y, x, U.data_ptr(), b, g);
@@ -601,7 +625,7 @@ void conv2d_winograd_forward(float* y, const float* x, const float* w, const flo
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const ConvShape& s) {
   if (dx) {  // dx = dy convolved with the flipped, channel-swapped filters, padding 2 - p
-    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw, conv2d_winograd_row_tile(s.K, s.W));
+    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw, conv2d_winograd_row_tile(s.K));
     Tensor U = empty({gx.xi() * s.C * s.K});
     filter_transform(U.data_ptr(), w, s.K, s.C, true, gx.tw);
     winograd_conv(dx, dy, U.data_ptr(), nullptr, gx);
