@@ -9,7 +9,9 @@
 // for every p: each tap is one shifted contiguous run, and
 //   yp[k][p] = sum over taps t of w[k][t] xp[c(t)][p + off(t)]
 // is a loop over p with plain vector loads. The Wp - OW positions past each
-// row's end are computed and dropped (2 of 34 on CIFAR-10).
+// row's end are computed and dropped (2 of 34 on CIFAR-10). Where OW is a
+// multiple of 32 (CIFAR-10's RGB layer) the forward runs over whole output rows
+// instead and writes y directly (conv2d_direct_forward_rows).
 // Backward, the same layout: dw[k][t] = sum over p of dyp[k][p] xp[c(t)][p + off(t)],
 // with dyp zero at the dropped positions.
 //
@@ -80,7 +82,52 @@ bool conv2d_direct_applies(const ConvShape& s) {
          s.C * s.kh * s.kw <= 64;
 }
 
+namespace {
+
+// The forward where output rows are whole vectors of 16, twice over (the RGB
+// layer's 32): each register block is KB output channels x one output row,
+// computed straight into y with the bias, so neither the positions past each
+// row's end nor a copy-out pass are paid. Measured on (128, 3, 32, 32) -> 32
+// channels, norma_bench_kernels --threads 2 --batch-size 128: 1.79-2.03 ms
+// with the flat layout below, 1.35-1.38 with this (84-85% of sgemm's rate).
+void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
+  const Layout l(s, 16);
+  const int64_t Kp = round_up(s.K, KB), OHW = s.OH * s.OW;
+  std::vector<float> wt(l.R * Kp, 0.0f);  // wt[t][k] = w[k][t], as below
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t t = 0; t < l.R; ++t) wt[t * Kp + k] = w[k * l.R + t];
+  const int T = threads_for(s);
+  const int64_t xn = s.C * l.pitch;
+  Tensor buf = zeros({T * xn});
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+  for (int64_t n = 0; n < s.N; ++n) {
+    float* xp = buf.data_ptr() + omp_get_thread_num() * xn;
+    pad_image(xp, x + n * s.C * s.H * s.W, s, l);
+    for (int64_t k0 = 0; k0 < Kp; k0 += KB)
+      for (int64_t oh = 0; oh < s.OH; ++oh)
+        for (int64_t ow0 = 0; ow0 < s.OW; ow0 += 32) {
+          v16 acc[KB][2] = {};
+          const float* xr = xp + oh * l.Wp + ow0;
+          for (int64_t t = 0; t < l.R; ++t) {
+            const float* xt = xr + l.off[t];
+            const float* wk = wt.data() + t * Kp + k0;
+            const v16 x0 = load(xt), x1 = load(xt + 16);
+#pragma GCC unroll 8
+            for (int kk = 0; kk < KB; ++kk) acc[kk][0] += wk[kk] * x0, acc[kk][1] += wk[kk] * x1;
+          }
+          for (int kk = 0; kk < KB && k0 + kk < s.K; ++kk) {
+            const float bk = b ? b[k0 + kk] : 0.0f;
+            float* out = y + (n * s.K + k0 + kk) * OHW + oh * s.OW + ow0;
+            store(out, acc[kk][0] + bk), store(out + 16, acc[kk][1] + bk);
+          }
+        }
+  }
+}
+
+}  // namespace
+
 void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
+  if (s.OW % 32 == 0) return conv2d_direct_forward_rows(y, x, w, b, s);
   const Layout l(s, NV * 16);
   const int64_t Kp = round_up(s.K, KB), OHW = s.OH * s.OW;
   // wt[t][k] = w[k][t], zero for the channels k >= K that fill the last block.
