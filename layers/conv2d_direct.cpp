@@ -13,7 +13,8 @@
 // multiple of 32 (CIFAR-10's RGB layer) the forward runs over whole output rows
 // instead and writes y directly (conv2d_direct_forward_rows).
 // Backward, the same layout: dw[k][t] = sum over p of dyp[k][p] xp[c(t)][p + off(t)],
-// with dyp zero at the dropped positions.
+// with dyp zero at the dropped positions (or dy itself, read row after row,
+// where its rows are whole vectors).
 //
 // Letters: N batch, C input and K output channels, H/W input size, OH/OW output
 // size, R = C kh kw taps, Hp/Wp padded input size, L positions computed per plane.
@@ -175,32 +176,43 @@ void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, c
   std::vector<int64_t> off = l.off;
   off.resize(Rp, 0);  // the taps t >= R that fill the last block read plane 0; their sums are dropped
   const int T = threads_for(s);
+  // With rows of whole vectors (and whole blocks of channels) dy is read in
+  // place, row after row, with no positions dropped; else copied into dyp.
+  // The RGB layer, norma_bench_kernels --threads 2 --batch-size 128: 1.72-2.02 ms
+  // copying, 1.31-1.37 in place (84-86% of sgemm's rate).
+  const bool rows = s.OW % 16 == 0 && s.K % DKB == 0;
   // Per thread: xp, dyp (Kp planes of L floats, zero at the dropped positions
   // and in the channels k >= K) and the 16-lane partial sums of dw (Kp, Rp).
-  const int64_t xn = s.C * l.pitch, dyn = Kp * l.L, an = Kp * Rp * 16;
+  const int64_t xn = s.C * l.pitch, dyn = rows ? 0 : Kp * l.L, an = Kp * Rp * 16;
   Tensor buf = zeros({T * (xn + dyn + an)});
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
   for (int64_t n = 0; n < s.N; ++n) {
     float *xp = buf.data_ptr() + omp_get_thread_num() * (xn + dyn + an), *dyp = xp + xn, *part = dyp + dyn;
     pad_image(xp, x + n * s.C * s.H * s.W, s, l);
-    for (int64_t k = 0; k < s.K; ++k)
-      for (int64_t oh = 0; oh < s.OH; ++oh)
-        std::copy_n(dy + (n * s.K + k) * OHW + oh * s.OW, s.OW, dyp + k * l.L + oh * l.Wp);
-    // The copy above waits on memory with nothing to do meanwhile: ask for the
-    // next image's dy while this one computes, a cache line per step, into L2.
+    const float* dyi = dy + n * s.K * OHW;
+    if (!rows)
+      for (int64_t k = 0; k < s.K; ++k)
+        for (int64_t oh = 0; oh < s.OH; ++oh)
+          std::copy_n(dyi + k * OHW + oh * s.OW, s.OW, dyp + k * l.L + oh * l.Wp);
+    // The first reads of dy wait on memory with nothing to do meanwhile: ask
+    // for the next image's dy while this one computes, a cache line per step, into L2.
     const float* next = dy + (n + 1) * s.K * OHW;
     int64_t pf = n + 1 < s.N ? 0 : s.K * OHW;
     for (int64_t k0 = 0; k0 < Kp; k0 += DKB)
       for (int64_t t0 = 0; t0 < Rp; t0 += DTB) {
         v16 acc[DKB][DTB] = {};
-        for (int64_t p = 0; p < l.L; p += 16) {
+        // Position q of dy's channel k is at dk + k plane + q, of the taps' runs at xp + off[t] + q + xo.
+        const float* dk = rows ? dyi + k0 * OHW : dyp + k0 * l.L;
+        const int64_t plane = rows ? OHW : l.L;
+        for (int64_t p = 0; p < (rows ? OHW : l.L); p += 16) {
           if (pf < s.K * OHW) __builtin_prefetch(next + pf, 0, 2), pf += 16;
+          const int64_t xo = rows ? p / s.OW * (l.Wp - s.OW) : 0;  // the padded row's extra columns
           v16 d[DKB];
 #pragma GCC unroll 4
-          for (int kk = 0; kk < DKB; ++kk) d[kk] = load(dyp + (k0 + kk) * l.L + p);
+          for (int kk = 0; kk < DKB; ++kk) d[kk] = load(dk + kk * plane + p);
 #pragma GCC unroll 8
           for (int tt = 0; tt < DTB; ++tt) {
-            v16 xv = load(xp + off[t0 + tt] + p);
+            v16 xv = load(xp + off[t0 + tt] + p + xo);
             // Keep xv in a register: GCC would otherwise fold the load into each
             // of the DKB multiply-adds, and these unaligned loads, each split
             // over two cache lines, then bound the loop.

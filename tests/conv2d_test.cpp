@@ -112,6 +112,7 @@ TEST_CASE("conv2d: the direct path for few input channels matches the naive loop
       {3, 3, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, false},  // cifar-small's RGB layer, 3 images
       {2, 3, 5, 64, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, true},    // whole rows of 64: two blocks a row, 13 channels
       {1, 2, 9, 34, 6, 5, 3, 1, 1, 0, 2, 2, 3, 1, true},     // a row of 32 again: 5x3 taps dilated, padding 0 x 2
+      {2, 2, 6, 16, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, true},     // rows of 16: dw reads dy in place
       {2, 3, 7, 9, 5, 3, 2, 1, 1, 0, 1, 1, 1, 1, true},      // odd sizes, rectangular kernel, 5 channels out
       {1, 1, 11, 6, 9, 5, 5, 1, 1, 2, 2, 1, 1, 1, true},     // one channel, 5x5 (25 taps)
       {2, 2, 9, 10, 3, 3, 3, 1, 1, 2, 1, 2, 3, 1, true},     // dilations 2 and 3
