@@ -414,6 +414,18 @@ inline void store_chunk_row(float* yk, const OutChunk& c, int a, v8 o, int64_t O
   if (next) detail::prefetch_floats<true>(row + next, c.n);
 }
 
+// The rows of A4^T M for 8 tiles: R[a][j] for each of the tile's Cols columns
+// j, from the planes of M at m, ld apart.
+template <int Cols>
+inline void columns_at(v8 R[4][Cols], const float* m, int64_t ld) {
+  for (int j = 0; j < Cols; ++j) {
+    v8 col[6], rc[4];
+    for (int i = 0; i < 6; ++i) col[i] = load8(m + (Cols * i + j) * ld);
+    col_at(rc, col);
+    for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
+  }
+}
+
 // y (N, K, OH, OW) = A4^T M A2 (+ bias) for tile rows [r0, r1), from M (24, K, P),
 // or A4^T M A4 from M (36, K, P) with F(4x4) tiles. In 8-float vectors, 8
 // tiles at a time in the order of M, the columns of each output row put back
@@ -435,13 +447,8 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
       const OutChunk* c = chunks.data() + q0 / g.chunk();
       const int64_t nc = std::min<int64_t>(g.tw, n_chunks - q0 / g.chunk());  // chunks of these 8 tiles
       if (g.tw == 2) {
-        v8 R[4][4];  // rows: A4^T M, for each column j
-        for (int j = 0; j < 4; ++j) {
-          v8 col[6], rc[4];
-          for (int i = 0; i < 6; ++i) col[i] = load8(m + (4 * i + j) * ld + q0);
-          col_at(rc, col);
-          for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
-        }
+        v8 R[4][4];
+        columns_at<4>(R, m + q0, ld);
         for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A2
           v8 o[2];
           interleave8(o, R[a][0] + R[a][1] + R[a][2] + b, R[a][1] - R[a][2] - R[a][3] + b);
@@ -449,12 +456,7 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
         }
       } else {
         v8 R[4][6];
-        for (int j = 0; j < 6; ++j) {
-          v8 col[6], rc[4];
-          for (int i = 0; i < 6; ++i) col[i] = load8(m + (6 * i + j) * ld + q0);
-          col_at(rc, col);
-          for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
-        }
+        columns_at<6>(R, m + q0, ld);
         for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A4
           v8 q[4], o[4];
           col_at(q, R[a]);
