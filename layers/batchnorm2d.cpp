@@ -928,6 +928,27 @@ Tensor BatchNorm2d::forward_impl(const Tensor& x, bool relu, bool pool) {
   return y;
 }
 
+bool BatchNorm2d::eval_affine(std::vector<float>& hi, std::vector<float>& lo, std::vector<float>& scale,
+                              std::vector<float>& shift) const {
+  const BatchNorm2dOptions& o = options;
+  // forward_impl's use_batch_stats, negated; and batch_norm2d's eval branch.
+  if (!o.track_running_stats_ || (is_training() && !o.freeze_) || o.layout_ != Layout::NCHW || !is_materialized() ||
+      !running_mean.defined() || !running_var.defined())
+    return false;
+  const int64_t C = o.num_features_;
+  hi.resize(C), lo.resize(C), scale.resize(C), shift.resize(C);
+  const float *rm = running_mean.data_ptr(), *rv = running_var.data_ptr();
+  const float* gamma = weight.defined() ? weight.data_ptr() : nullptr;
+  const float* beta = bias.defined() ? bias.data_ptr() : nullptr;
+  for (int64_t c = 0; c < C; ++c) {
+    const double invstd = 1.0 / std::sqrt(double(rv[c]) + o.eps_);
+    const SplitMean sm(rm[c]);  // as scale_shift and normalize_run round them
+    hi[c] = sm.hi, lo[c] = sm.lo;
+    scale[c] = float(invstd * (gamma ? gamma[c] : 1.0f)), shift[c] = beta ? beta[c] : 0.0f;
+  }
+  return true;
+}
+
 std::string BatchNorm2d::extra_repr() const {
   const auto& o = options;
   // 6 digits: a decay 0.9 shows as PyTorch's 0.1, not 0.09999999999999998.

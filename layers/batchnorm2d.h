@@ -211,6 +211,13 @@ class BatchNorm2d : public Module {
   void reset_parameters();
   std::string name() const override { return "BatchNorm2d"; }
   std::string extra_repr() const override;
+  // Where forward would normalise an NCHW input with the running statistics
+  // (eval mode, or frozen): each channel's float arithmetic, which a kernel
+  // fusing it elsewhere must repeat to the bit, y = ((x - hi) - lo) * scale +
+  // shift, with hi + lo the running mean (SplitMean) and scale, shift as the
+  // kernels round them. False (and nothing written) where it would not.
+  bool eval_affine(std::vector<float>& hi, std::vector<float>& lo, std::vector<float>& scale,
+                   std::vector<float>& shift) const;
 
   BatchNorm2dOptions options;  // num_features_ is set by materialize() for a lazy module
   Tensor weight;               // (C) gamma; undefined without affine
@@ -231,5 +238,16 @@ bool fuses_with_relu(const Module& bn, const Module& relu);
 // pair above, bn NCHW, and pool exactly a MaxPool2d of 2x2 windows, stride 2,
 // no padding. nn::Sequential fuses such triples.
 bool fuses_with_relu_pool(const Module& bn, const Module& relu, const Module& pool);
+// relu(bn(conv(x))), max-pooled 2x2 when pool is not null, in one pass for
+// inference (layers/fuse.cpp): the BatchNorm2d's eval-mode arithmetic runs as
+// the convolution writes its output (ConvEpilogue), which is never written
+// itself. Bit for bit what the modules give one after the other. An undefined
+// Tensor where that does not apply, and the caller runs them one by one: conv
+// not exactly a Conv2d with a fused kernel for this input (conv2d_epilogue_applies),
+// bn not as fuses_with_relu(_pool) wants or not on running statistics
+// (BatchNorm2d::eval_affine), a gradient to record, or anomaly detection on
+// (it checks each op's output by name). nn::Sequential uses it.
+Tensor conv_bn_relu_eval(const Module& conv, const Module& bn, const Module& relu, const Module* pool,
+                         const Tensor& x);
 
 }  // namespace norma::nn

@@ -277,6 +277,21 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   return y;
 }
 
+bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
+  // The pool only on F(4x2) tiles: where conv2d_forward would take F(4x4)
+  // (NORMA_WINOGRAD_F44), F(4x2) would round differently from it.
+  if (conv2d_winograd_applies(s)) return !pool || conv2d_winograd_row_tile(s.C) == 2;
+  return !pool && conv2d_direct_applies(s) && s.OW % 32 == 0;
+}
+
+void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                             const ConvEpilogue& e) {
+  if (conv2d_epilogue_applies(s, e.pool) && conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s, &e);
+  if (!e.pool && conv2d_direct_applies(s) && s.OW % 32 == 0) return conv2d_direct_forward(y, x, w, b, s, &e);
+  fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
+       "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
+}
+
 // ---------------------------------------------------------------- the module
 
 Conv2d::Conv2d(const Conv2dOptions& o) : options(o) {

@@ -42,6 +42,22 @@ void conv2d_forward_naive(float* y, const float* x, const float* w, const float*
 void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                            const ConvShape& s);
 
+// ---- an eval-mode BatchNorm2d and a ReLU (and a 2x2 max pool) applied as the
+// output is written, for inference: each output v of channel k becomes
+// relu(((v - hi[k]) - lo[k]) * scale[k] + shift[k]) (BatchNorm2d::eval_affine's
+// coefficients, the same float arithmetic as its kernels), then, with pool,
+// the max of each 2x2 window (stride 2); y is then (N, K, OH / 2, OW / 2).
+struct ConvEpilogue {
+  const float *hi, *lo, *scale, *shift;  // K each
+  bool pool = false;
+};
+// Whether conv2d_forward_epilogue can run s: the Winograd path (with the
+// pool, where it takes F(4x2) tiles), or the direct path over whole rows
+// (without it).
+bool conv2d_epilogue_applies(const ConvShape& s, bool pool);
+void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                             const ConvEpilogue& e);
+
 // ---- Winograd F(4x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
 // group, padding <= 2, at least 16 channels in and out. conv2d_forward and
 // conv2d_backward take this path where it applies; NORMA_WINOGRAD=0 turns it off.
@@ -52,7 +68,8 @@ void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, con
 // row for a sum over so many channels: 4 (F(4x4)) or 2.
 bool conv2d_winograd_applies(const ConvShape& s);
 int conv2d_winograd_row_tile(int64_t summed_channels);
-void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
+void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                             const ConvEpilogue* e = nullptr);  // e: with the pool only on F(4x2) tiles
 // dx and dw (either may be null) are overwritten; conv2d_backward computes db.
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const ConvShape& s);
@@ -62,7 +79,8 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
 // gradient of conv2d_backward take it where it applies (dx stays on im2col);
 // NORMA_DIRECT_CONV=0 turns it off.
 bool conv2d_direct_applies(const ConvShape& s);
-void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
+void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                           const ConvEpilogue* e = nullptr);  // e: only where OW % 32 == 0, no pool
 // dw is overwritten; conv2d_backward computes db.
 void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s);
 

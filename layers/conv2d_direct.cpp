@@ -91,7 +91,8 @@ namespace {
 // row's end nor a copy-out pass are paid. Measured on (128, 3, 32, 32) -> 32
 // channels, norma_bench_kernels --threads 2 --batch-size 128: 1.79-2.03 ms
 // with the flat layout below, 1.35-1.38 with this (84-85% of sgemm's rate).
-void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
+void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                                const ConvEpilogue* e) {
   const Layout l(s, 16);
   const int64_t Kp = round_up(s.K, KB), OHW = s.OH * s.OW;
   std::vector<float> wt(l.R * Kp, 0.0f);  // wt[t][k] = w[k][t], as below
@@ -117,9 +118,17 @@ void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const 
             for (int kk = 0; kk < KB; ++kk) acc[kk][0] += wk[kk] * x0, acc[kk][1] += wk[kk] * x1;
           }
           for (int kk = 0; kk < KB && k0 + kk < s.K; ++kk) {
-            const float bk = b ? b[k0 + kk] : 0.0f;
-            float* out = y + (n * s.K + k0 + kk) * OHW + oh * s.OW + ow0;
-            store(out, acc[kk][0] + bk), store(out + 16, acc[kk][1] + bk);
+            const int64_t k = k0 + kk;
+            const float bk = b ? b[k] : 0.0f;
+            float* out = y + (n * s.K + k) * OHW + oh * s.OW + ow0;
+            for (int v = 0; v < 2; ++v) {
+              v16 o = acc[kk][v] + bk;
+              if (e) {  // BatchNorm2d's arithmetic (normalize_run), then the ReLU
+                o = ((o - e->hi[k]) - e->lo[k]) * e->scale[k] + e->shift[k];
+                o = o > v16{} ? o : v16{};
+              }
+              store(out + 16 * v, o);
+            }
           }
         }
   }
@@ -127,8 +136,10 @@ void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const 
 
 }  // namespace
 
-void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  if (s.OW % 32 == 0) return conv2d_direct_forward_rows(y, x, w, b, s);
+void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                           const ConvEpilogue* e) {
+  if (s.OW % 32 == 0) return conv2d_direct_forward_rows(y, x, w, b, s, e);
+  if (e) fail("conv2d_direct_forward: an epilogue needs output rows of whole 32s, got OW {}", s.OW);
   const Layout l(s, NV * 16);
   const int64_t Kp = round_up(s.K, KB), OHW = s.OH * s.OW;
   // wt[t][k] = w[k][t], zero for the channels k >= K that fill the last block.

@@ -414,6 +414,31 @@ inline void store_chunk_row(float* yk, const OutChunk& c, int a, v8 o, int64_t O
   if (next) detail::prefetch_floats<true>(row + next, c.n);
 }
 
+// With the epilogue's pool (F(4x2) tiles, each 2 windows high, one wide):
+// where the pooled outputs of each 4-tile chunk go in channel 0 of the
+// (N, K, OH / 2, OW / 2) output, its pooled rows (up to 2) and columns (up to 4).
+std::vector<OutChunk> pool_chunks(const Geom& g, int64_t r0, int64_t r1) {
+  const int64_t PH = g.OH / 2, PW = g.OW / 2;
+  std::vector<OutChunk> out((r1 - r0) * g.TW / g.chunk());
+  for (size_t ch = 0; ch < out.size(); ++ch) {
+    const int64_t q = int64_t(ch) * g.chunk(), r = r0 + q / g.TW, tx = q % g.TW, n = r / g.TH, ty = r % g.TH;
+    out[ch] = {(n * g.K * PH + 2 * ty) * PW + tx, int(std::clamp<int64_t>(PH - 2 * ty, 0, 2)),
+               int(std::clamp<int64_t>(PW - tx, 0, 4))};
+  }
+  return out;
+}
+
+// The epilogue's BatchNorm2d and ReLU on 8 outputs of one channel, in
+// BatchNorm2d's float arithmetic (normalize_run's): ((v - hi) - lo) * scale +
+// shift, then v > 0 ? v : 0 (NaN gives 0).
+struct Affine {
+  v8 hi, lo, scale, shift;
+  v8 operator()(v8 v) const {
+    v = ((v - hi) - lo) * scale + shift;
+    return v > v8{} ? v : v8{};
+  }
+};
+
 // The rows of A4^T M for 8 tiles: R[a][j] for each of the tile's Cols columns
 // j, from the planes of M at m, ld apart.
 template <int Cols>
@@ -434,12 +459,17 @@ inline void columns_at(v8 R[4][Cols], const float* m, int64_t ld) {
 // (Written as scalar loops over tiles, gcc vectorised F(4x4)'s with 4 lanes
 // and spills, and it took twice F(4x2)'s time; the F(4x2) one ran unvectorised
 // where a tile row had fewer than 8 tiles.)
-void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1) {
-  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P), plane = g.OH * g.OW;
-  const std::vector<OutChunk> chunks = out_chunks(g, r0, r1);
+void output_transform(float* y, const float* M, const float* bias, const Geom& g, int64_t r0, int64_t r1,
+                      const ConvEpilogue* e) {
+  const bool pool = e && e->pool;  // (F(4x2) tiles only: conv2d_winograd_forward)
+  const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.K, P);
+  const int64_t plane = pool ? (g.OH / 2) * (g.OW / 2) : g.OH * g.OW;
+  const std::vector<OutChunk> chunks = pool ? pool_chunks(g, r0, r1) : out_chunks(g, r0, r1);
   const int64_t n_chunks = int64_t(chunks.size());
   for (int64_t k = 0; k < g.K; ++k) {
     const v8 b = v8{} + (bias ? bias[k] : 0.0f);
+    const Affine bn = e ? Affine{v8{} + e->hi[k], v8{} + e->lo[k], v8{} + e->scale[k], v8{} + e->shift[k]} : Affine{};
+    const auto out = [&](v8 v) { return e ? bn(v + b) : v + b; };
     const float* __restrict m = M + k * P;
     float* yk = y + k * plane;
     const int64_t next = k + 1 < g.K ? plane : 0;
@@ -449,9 +479,23 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
       if (g.tw == 2) {
         v8 R[4][4];
         columns_at<4>(R, m + q0, ld);
-        for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A2
+        v8 even[4], odd[4];
+        for (int a = 0; a < 4; ++a)  // columns: (A4^T M) A2
+          even[a] = out(R[a][0] + R[a][1] + R[a][2]), odd[a] = out(R[a][1] - R[a][2] - R[a][3]);
+        if (pool) {  // a tile's two windows, rows 0-1 and 2-3, in two pooled rows of 4-tile chunks
+          for (int a = 0; a < 2; ++a) {
+            const v8 p0 = even[2 * a] > odd[2 * a] ? even[2 * a] : odd[2 * a];
+            const v8 p1 = even[2 * a + 1] > odd[2 * a + 1] ? even[2 * a + 1] : odd[2 * a + 1];
+            float v[8];
+            store8(v, p0 > p1 ? p0 : p1);  // the ReLU left no NaN, and a tie is one value
+            for (int64_t h = 0; h < nc; ++h)
+              if (a < c[h].rows) std::copy_n(v + 4 * h, c[h].n, yk + c[h].offset + a * (g.OW / 2));
+          }
+          continue;
+        }
+        for (int a = 0; a < 4; ++a) {
           v8 o[2];
-          interleave8(o, R[a][0] + R[a][1] + R[a][2] + b, R[a][1] - R[a][2] - R[a][3] + b);
+          interleave8(o, even[a], odd[a]);
           for (int64_t h = 0; h < nc; ++h) store_chunk_row(yk, c[h], a, o[h], g.OW, next);
         }
       } else {
@@ -460,7 +504,7 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
         for (int a = 0; a < 4; ++a) {  // columns: (A4^T M) A4
           v8 q[4], o[4];
           col_at(q, R[a]);
-          for (int e = 0; e < 4; ++e) q[e] += b;
+          for (int j = 0; j < 4; ++j) q[j] = out(q[j]);
           interleave8x4(o, q);
           for (int64_t h = 0; h < nc; ++h) store_chunk_row(yk, c[h], a, o[h], g.OW, next);
         }
@@ -569,8 +613,10 @@ struct Workspace {
   float* scratch(int t) const { return pad(t) + padn; }
 };
 
-// y = the convolution of x with the transformed filters U (xi, K, C), + bias.
-void winograd_conv(float* y, const float* x, const float* U, const float* bias, const Geom& g) {
+// y = the convolution of x with the transformed filters U (xi, K, C), + bias
+// (and the epilogue e, if not null).
+void winograd_conv(float* y, const float* x, const float* U, const float* bias, const Geom& g,
+                   const ConvEpilogue* e = nullptr) {
   const Blocks blocks(g);
   const int T = threads_for(blocks);
   const Workspace ws(g, blocks, T);
@@ -586,7 +632,7 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
     for (int xi = 0; xi < g.xi(); ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.K), int(P), int(g.C), 1.0f, U + xi * g.K * g.C,
                   int(g.C), V + xi * ldV, int(P), 0.0f, M + xi * ldM, int(P));
-    output_transform(y, M, bias, g, r0, r1);
+    output_transform(y, M, bias, g, r0, r1, e);
   }
 }
 
@@ -617,11 +663,12 @@ bool conv2d_winograd_applies(const ConvShape& s) {
          s.groups == 1 && s.N > 0 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16;
 }
 
-void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, conv2d_winograd_row_tile(s.C));
+void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                             const ConvEpilogue* e) {
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, e && e->pool ? 2 : conv2d_winograd_row_tile(s.C));
   Tensor U = empty({g.xi() * s.K * s.C});
   filter_transform(U.data_ptr(), w, s.K, s.C, false, g.tw);
-  winograd_conv(y, x, U.data_ptr(), b, g);
+  winograd_conv(y, x, U.data_ptr(), b, g, e);
 }
 
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,

@@ -7,6 +7,7 @@
 #include <norma/layers/fuse.h>
 #include <norma/layers/loss.h>
 #include <norma/layers/models.h>
+#include <norma/layers/pooling.h>
 #include <norma/optim/sgd.h>
 
 using namespace norma;
@@ -175,4 +176,89 @@ TEST_CASE("fuse_conv_bn: errors") {
   CHECK_THROWS_WITH(fuse_conv_bn_eval(*nested),
                     Catch::Contains("fuse_conv_bn_eval: layers 'features.0' and 'features.1'") &&
                         Catch::Contains("has 8 output channels but BatchNorm2d(4,"));
+}
+
+namespace {
+// A Sequential's modules one by one, each through its own forward: no fusion
+// across modules, the reference for what Sequential::forward fuses.
+Tensor one_by_one(const Sequential& model, Tensor h) {
+  for (size_t i = 0; i < model.size(); ++i) h = model[i]->forward(h);
+  return h;
+}
+}  // namespace
+
+// Inference fusion (conv_bn_relu_eval): Sequential runs Conv2d + BatchNorm2d +
+// ReLU (+ MaxPool2d) as one kernel under no_grad with the BatchNorm2d on its
+// running statistics, and must give exactly what the modules give one by one.
+TEST_CASE("Sequential: Conv2d + BatchNorm2d + ReLU (+ pool) fused for inference equal the modules one by one") {
+  struct C {
+    int64_t N, Cin, K, H, W, pad;
+    bool bias, affine, pool;
+  };
+  // Winograd shapes with and without the pool (odd sizes leave a last row or
+  // column out of every window), and the RGB layer's direct path.
+  for (const C& c : {C{3, 16, 24, 13, 11, 1, true, true, true}, C{2, 32, 32, 32, 32, 1, false, true, true},
+                     C{2, 20, 16, 9, 17, 1, true, false, false}, C{2, 64, 128, 8, 8, 1, false, true, true},
+                     C{3, 3, 32, 32, 32, 1, false, true, false}, C{2, 3, 8, 6, 64, 1, true, true, false}}) {
+    CAPTURE(c.N, c.Cin, c.K, c.H, c.W, c.bias, c.affine, c.pool);
+    manual_seed(19);
+    auto conv = std::make_shared<Conv2d>(Conv2dOptions(c.Cin, c.K, 3).padding(c.pad).bias(c.bias));
+    auto bn = std::make_shared<BatchNorm2d>(BatchNorm2dOptions(c.K).affine(c.affine));
+    randomise(*bn);
+    Sequential model{conv, bn, std::make_shared<ReLU>()};
+    if (c.pool) model.push_back(std::make_shared<MaxPool2d>(2));
+    model.eval();
+    Tensor x = randn({c.N, c.Cin, c.H, c.W});
+    NoGradGuard g;
+    const ConvShape s = conv2d_shape(x.shape(), conv->weight.shape(), 1, c.pad, 1, 1);
+    // Everywhere but the pool on F(4x4) tiles (ctest runs this again with NORMA_WINOGRAD_F44=32).
+    const bool f44_pool = c.pool && conv2d_winograd_applies(s) && conv2d_winograd_row_tile(c.Cin) == 4;
+    CHECK(conv2d_epilogue_applies(s, c.pool) == !f44_pool);
+    Tensor fused = conv_bn_relu_eval(*conv, *bn, *model[2], c.pool ? model[3].get() : nullptr, x);
+    CHECK(fused.defined() == !f44_pool);  // the fused kernel really ran
+    const Tensor want = one_by_one(model, x);
+    if (fused.defined()) CHECK(fused.to_vector() == want.to_vector());
+    CHECK(model.forward(x).to_vector() == want.to_vector());
+  }
+}
+
+TEST_CASE("Sequential: no inference fusion where a graph is recorded, in training, or without running statistics") {
+  manual_seed(23);
+  auto conv = std::make_shared<Conv2d>(Conv2dOptions(16, 16, 3).padding(1));
+  auto bn = std::make_shared<BatchNorm2d>(16);
+  randomise(*bn);
+  auto relu = std::make_shared<ReLU>();
+  Tensor x = randn({2, 16, 8, 8});
+  bn->eval();
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());  // weights require grad
+  {
+    NoGradGuard g;
+    CHECK(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());
+    autograd::DetectAnomalyGuard anomaly;  // each op's output checked by name: one by one
+    CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());
+  }
+  NoGradGuard g;
+  bn->train();
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());  // batch statistics
+  auto no_stats = std::make_shared<BatchNorm2d>(BatchNorm2dOptions(16).track_running_stats(false));
+  no_stats->eval();
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *no_stats, *relu, nullptr, x).defined());
+  bn->eval();
+  auto strided = std::make_shared<Conv2d>(Conv2dOptions(16, 16, 3).padding(1).stride(2));  // no fused kernel
+  CHECK_FALSE(conv_bn_relu_eval(*strided, *bn, *relu, nullptr, x).defined());
+}
+
+TEST_CASE("conv2d: the fused inference epilogue refuses convolutions it has no kernel for") {
+  const std::vector<float> one(16, 1.0f), zero(16, 0.0f);
+  const ConvEpilogue e{zero.data(), zero.data(), one.data(), zero.data(), false};
+  Tensor x = randn({1, 16, 8, 8}), w = randn({16, 16, 3, 3}), y = empty({1, 16, 4, 4});
+  const ConvShape s = conv2d_shape(x.shape(), w.shape(), 2, 1, 1, 1);  // stride 2: im2col only
+  CHECK_FALSE(conv2d_epilogue_applies(s, false));
+  CHECK_THROWS_WITH(conv2d_forward_epilogue(y.data_ptr(), x.data_ptr(), w.data_ptr(), nullptr, s, e),
+                    Catch::Contains("conv2d_forward_epilogue: no fused path for input (1, 16, 8, 8)"));
+  Tensor x3 = randn({1, 3, 8, 20}), w3 = randn({16, 3, 3, 3}), y3 = empty({1, 16, 8, 20});
+  const ConvShape s3 = conv2d_shape(x3.shape(), w3.shape(), 1, 1, 1, 1);  // direct, rows of 20
+  CHECK_FALSE(conv2d_epilogue_applies(s3, false));
+  CHECK_THROWS_WITH(conv2d_direct_forward(y3.data_ptr(), x3.data_ptr(), w3.data_ptr(), nullptr, s3, &e),
+                    Catch::Contains("conv2d_direct_forward: an epilogue needs output rows of whole 32s, got OW 20"));
 }
