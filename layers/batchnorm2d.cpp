@@ -940,11 +940,12 @@ bool BatchNorm2d::eval_affine(std::vector<float>& hi, std::vector<float>& lo, st
   const float *rm = running_mean.data_ptr(), *rv = running_var.data_ptr();
   const float* gamma = weight.defined() ? weight.data_ptr() : nullptr;
   const float* beta = bias.defined() ? bias.data_ptr() : nullptr;
-  for (int64_t c = 0; c < C; ++c) {
-    const double invstd = 1.0 / std::sqrt(double(rv[c]) + o.eps_);
-    const SplitMean sm(rm[c]);  // as scale_shift and normalize_run round them
-    hi[c] = sm.hi, lo[c] = sm.lo;
-    scale[c] = float(invstd * (gamma ? gamma[c] : 1.0f)), shift[c] = beta ? beta[c] : 0.0f;
+  std::vector<double> invstd(C);  // as batch_norm2d's eval branch computes it
+  for (int64_t c = 0; c < C; ++c) invstd[c] = 1.0 / std::sqrt(double(rv[c]) + o.eps_);
+  for (int64_t c = 0; c < C; ++c) {  // rounded as the kernels round them
+    const SplitMean sm(rm[c]);
+    const ScaleShift ss = scale_shift(invstd.data(), gamma, beta, c);
+    hi[c] = sm.hi, lo[c] = sm.lo, scale[c] = ss.scale, shift[c] = ss.shift;
   }
   return true;
 }

@@ -286,10 +286,11 @@ bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
 
 void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                              const ConvEpilogue& e) {
-  if (conv2d_epilogue_applies(s, e.pool) && conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s, &e);
-  if (!e.pool && conv2d_direct_applies(s) && s.OW % 32 == 0) return conv2d_direct_forward(y, x, w, b, s, &e);
-  fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
-       "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
+  if (!conv2d_epilogue_applies(s, e.pool))
+    fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
+         "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
+  if (conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s, &e);
+  conv2d_direct_forward(y, x, w, b, s, &e);
 }
 
 // ---------------------------------------------------------------- the module
