@@ -69,6 +69,11 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the naive loops fo
       {1, 24, 40, 9, 35, 0, 2},   // 37 outputs a row (F(4x4): the last tile a quarter full), dx sums 40
       {2, 33, 20, 6, 31, 1, 1},   // 31 outputs a row, forward sums 33, dx 20
       {3, 16, 16, 10, 3, 1, 0},   // one output a row
+      // Whole groups of 16 or 8 tiles a row (input_transform_rows, output_transform_rows):
+      {2, 24, 20, 16, 16, 1, 1},  // cifar-small's 16x16 convs: one group of 8
+      {1, 16, 16, 14, 64, 1, 1},  // two groups of 16, the second starting from the first's last columns
+      {1, 16, 16, 34, 34, 0, 0},  // no padding
+      {1, 16, 16, 28, 28, 2, 2},  // padding 2: 30 outputs, so the output takes the general path
   };
   // Winograd's float32 error scales with the values summed, not with their
   // sum, so the data are at a trained network's scale, where the tolerances
