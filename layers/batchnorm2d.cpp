@@ -577,14 +577,58 @@ void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, Scal
 // The pool's backward for one plane: g (H, W) gets dy at each window's
 // argmax and 0 elsewhere, added into zeros as max_pool2d's backward does, so
 // the passes after it see the gradient the unfused BatchNorm would.
+// A row of windows at a time, L windows in GCC vectors of L (8, then 4):
+// each window's four places get dy or 0 by selects, put back in order with
+// shuffles. The scatter into a zeroed plane this replaced ran scalar; the
+// fused backward (2 threads, two runs each) took 3.29 / 3.05 -> 2.60 / 2.51 ms
+// on (128, 32, 32, 32), 1.14 -> 0.81-0.90 on (128, 64, 16, 16), 0.60-0.66 ->
+// 0.58 on (128, 128, 8, 8). (Written as a simd loop of selects, gcc's code
+// was slower than the scatter.)
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+typedef float f4 __attribute__((vector_size(16)));
+typedef int32_t i4 __attribute__((vector_size(16)));
+template <class F, class I>
+inline void unpool_windows(float* g0, float* g1, const float* d, const int32_t* a) {
+  constexpr int L = sizeof(F) / sizeof(float);
+  const F v = detail::load_vector<F>(d) + 0.0f;  // 0 + dy, as an add into zeros: -0 becomes +0
+  I k;
+  std::memcpy(&k, a, sizeof k);
+  const F z{}, p0 = k == 0 ? v : z, p1 = k == 1 ? v : z, p2 = k == 2 ? v : z, p3 = k == 3 ? v : z;
+  F lo[2], hi[2];  // rows 0 and 1, windows 0 .. L/2 - 1 and L/2 .. L - 1
+  if constexpr (L == 8) {
+    lo[0] = __builtin_shufflevector(p0, p1, 0, 8, 1, 9, 2, 10, 3, 11);
+    hi[0] = __builtin_shufflevector(p0, p1, 4, 12, 5, 13, 6, 14, 7, 15);
+    lo[1] = __builtin_shufflevector(p2, p3, 0, 8, 1, 9, 2, 10, 3, 11);
+    hi[1] = __builtin_shufflevector(p2, p3, 4, 12, 5, 13, 6, 14, 7, 15);
+  } else {
+    lo[0] = __builtin_shufflevector(p0, p1, 0, 4, 1, 5);
+    hi[0] = __builtin_shufflevector(p0, p1, 2, 6, 3, 7);
+    lo[1] = __builtin_shufflevector(p2, p3, 0, 4, 1, 5);
+    hi[1] = __builtin_shufflevector(p2, p3, 2, 6, 3, 7);
+  }
+  detail::store_vector(g0, lo[0]);
+  detail::store_vector(g0 + L, hi[0]);
+  detail::store_vector(g1, lo[1]);
+  detail::store_vector(g1 + L, hi[1]);
+}
 void unpool_plane(float* g, const float* dy, const int32_t* arg, int64_t H, int64_t W) {
-  std::fill_n(g, H * W, 0.0f);
   const int64_t OW = W / 2;
-  for (int64_t oh = 0; oh < H / 2; ++oh)
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      const int32_t a = arg[oh * OW + ow];
-      g[(2 * oh + (a >> 1)) * W + 2 * ow + (a & 1)] += dy[oh * OW + ow];
+  for (int64_t oh = 0; oh < H / 2; ++oh) {
+    float* g0 = g + 2 * oh * W;
+    float* g1 = g0 + W;
+    const float* d = dy + oh * OW;
+    const int32_t* a = arg + oh * OW;
+    int64_t ow = 0;
+    for (; ow + 8 <= OW; ow += 8) unpool_windows<f8, i8>(g0 + 2 * ow, g1 + 2 * ow, d + ow, a + ow);
+    for (; ow + 4 <= OW; ow += 4) unpool_windows<f4, i4>(g0 + 2 * ow, g1 + 2 * ow, d + ow, a + ow);
+    for (; ow < OW; ++ow) {
+      g0[2 * ow] = g0[2 * ow + 1] = g1[2 * ow] = g1[2 * ow + 1] = 0.0f;
+      g0[(a[ow] >> 1) * W + 2 * ow + (a[ow] & 1)] += d[ow];
     }
+    if (W % 2) g0[W - 1] = g1[W - 1] = 0.0f;  // a last odd column is in no window
+  }
+  if (H % 2) std::fill_n(g + (H - 1) * W, W, 0.0f);  // nor a last odd row
 }
 }  // namespace
 

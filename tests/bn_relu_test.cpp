@@ -222,8 +222,9 @@ TEST_CASE("batch_norm2d pool=true: bit for bit max_pool2d(relu(batch_norm2d(x)),
   manual_seed(31);
   // Small (one thread), large (threads over channels; dx written with streaming
   // stores from 16 MiB on is another test's), odd sizes (a last row and column
-  // in no window, which still get dx from the BatchNorm).
-  for (Shape shape : {Shape{4, 3, 6, 4}, Shape{16, 3, 32, 32}, Shape{3, 2, 5, 7}})
+  // in no window, which still get dx from the BatchNorm), and rows of 13
+  // windows (the backward's vectors of 8 and 4, then one alone).
+  for (Shape shape : {Shape{4, 3, 6, 4}, Shape{16, 3, 32, 32}, Shape{3, 2, 5, 7}, Shape{2, 3, 9, 26}})
     for (bool with_relu : {true, false})
       for (bool affine : {true, false})
         for (int mode = 0; mode < 3; ++mode) {  // 0 train, 1 eval, 2 freeze
