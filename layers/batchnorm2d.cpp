@@ -505,7 +505,12 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
   const double M = double(N * HW);
   if (layout == Layout::NCHW && dx) {
     // A channel at a time, as batchnorm2d_forward_train: its two sums, then its
-    // dx while its planes of dy and x are still in L2.
+    // dx while its planes of dy and x are still in L2, the images in reverse
+    // (the last read are the likeliest still there: a channel of (128, 32, 32,
+    // 32)'s dy and x is 1 MiB, an L2's size). Reversed, five alternating runs
+    // (2 threads, best of 3 calls each) took that shape's backward with the
+    // ReLU from a median of 1.98 ms to 1.85, and the pool backward's (below)
+    // from 2.09 to 1.88.
     const bool stream = streams(N * C * HW);
 #pragma omp parallel for schedule(static) if (N * C * HW >= (1 << 15))
     for (int64_t c = 0; c < C; ++c) {
@@ -517,7 +522,7 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
       if (dbeta) dbeta[c] = float(sum_dy);
       if (dgamma) dgamma[c] = float(sum_dy_xhat);
       const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = N - 1; n >= 0; --n) {
         const int64_t o = (n * C + c) * HW;
         stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
           dx_run(out, dy + o + i, x + o + i, relu ? &fr : nullptr, k, mean[c], len, batch_stats);
@@ -699,7 +704,7 @@ void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const flo
       if (dgamma) dgamma[c] = float(sum_dy_xhat);
       if (!dx) continue;
       const DxCoefficients k = dx_coefficients(invstd[c], gamma, c, sum_dy, sum_dy_xhat, M, batch_stats);
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = N - 1; n >= 0; --n) {  // (last read first, as in batchnorm2d_backward)
         const int64_t o = (n * C + c) * HW;
         const float* g = keep ? buf + n * HW : unpooled(c, n);
         stream_run(dx + o, HW, stream, [&](float* out, int64_t i, int64_t len) {
