@@ -234,13 +234,24 @@ void filter_transform(float* U, const float* w, int64_t K, int64_t C, bool flip,
 
 // dw (K, C, 3, 3) = G4^T dU G2 from dU (24, C, K): the adjoint of filter_transform
 // with F(4x2) tiles, the only ones dw takes.
-void filter_transform_backward(float* dw, const float* dU, int64_t K, int64_t C) {
+// dU is T slices of (24, C, K), the threads' partial sums, added here in
+// thread order (float, as they were summed before), so the result is the
+// same every run.
+void filter_transform_backward(float* dw, const float* dU, int T, int64_t K, int64_t C) {
+  const int64_t KC = 24 * K * C;
 #pragma omp parallel
   {
     std::vector<double> ub(size_t(24 * K));  // dU[xi][c][k] for all xi, k of one c: contiguous reads
+    std::vector<float> u(static_cast<size_t>(K));
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) {
-      for (int xi = 0; xi < 24; ++xi) std::copy_n(dU + (xi * C + c) * K, K, ub.data() + xi * K);
+      for (int xi = 0; xi < 24; ++xi) {
+        const float* d = dU + (xi * C + c) * K;
+        std::copy_n(d, K, u.data());
+        for (int t = 1; t < T; ++t)
+          for (int64_t k = 0; k < K; ++k) u[k] += d[t * KC + k];
+        std::copy_n(u.data(), K, ub.data() + xi * K);
+      }
       for (int64_t k = 0; k < K; ++k) {
         double t[3][4];
         for (int a = 0; a < 3; ++a)  // t = G4^T u
@@ -843,9 +854,11 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
   const int T = threads_for(blocks);
   const int64_t KC = g.xi() * g.K * g.C;
   const Workspace ws(g, blocks, T);
-  // Each thread sums its blocks' dU into its own slice; the slices are added in
-  // thread order afterwards, so the result is the same every run.
-  Tensor dU = zeros({T * KC});
+  // Each thread sums its blocks' dU into its own slice, the first block's
+  // product written over it (so the slices need no zeroing); the slices are
+  // added in thread order in filter_transform_backward.
+  Tensor dU = empty({T * KC});
+  std::vector<char> started(size_t(T), 0);
   std::optional<BlasThreads> one_thread;
   if (T > 1) one_thread.emplace(1);
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
@@ -856,15 +869,15 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
     const int64_t ldV = plane_stride(g.C, P), ldM = plane_stride(g.K, P);
     input_transform(V, x, g, r0, r1, ws.t(t));
     output_transform_backward(dM, dy, g, r0, r1, s);
+    const float beta = started[t] ? 1.0f : 0.0f;
+    started[t] = 1;
     for (int xi = 0; xi < g.xi(); ++xi)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(g.C), int(g.K), int(P), 1.0f, V + xi * ldV,
-                  int(P), dM + xi * ldM, int(g.K), 1.0f, dUt + xi * g.C * g.K, int(g.K));
+                  int(P), dM + xi * ldM, int(g.K), beta, dUt + xi * g.C * g.K, int(g.K));
   }
-  float* sum = dU.data_ptr();
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < KC; ++j)
-    for (int t = 1; t < T; ++t) sum[j] += sum[t * KC + j];
-  filter_transform_backward(dw, sum, g.K, g.C);
+  for (int t = 0; t < T; ++t)  // a thread the runtime did not give (with dynamic teams): no blocks, zero
+    if (!started[t]) std::fill_n(dU.data_ptr() + t * KC, KC, 0.0f);
+  filter_transform_backward(dw, dU.data_ptr(), T, g.K, g.C);
 }
 
 }  // namespace norma::nn

@@ -112,6 +112,24 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the naive loops fo
   }
 }
 
+TEST_CASE("conv2d: Winograd's dw is right when called from inside a parallel region") {
+  // Nested, the runtime gives the conv one thread: all blocks land in the
+  // first thread's slice of dU, whose first block writes over it.
+  manual_seed(17);
+  Tensor x = randn({4, 16, 16, 16}), w = randn({16, 16, 3, 3}) * (1 / std::sqrt(144.0f));
+  const ConvShape s = conv2d_shape(x.shape(), w.shape(), 1, 1, 1, 1);
+  REQUIRE(conv2d_winograd_applies(s));
+  Tensor dy = randn({s.N, s.K, s.OH, s.OW}), dw = full(w.shape(), NAN), dw_ref = empty(w.shape());
+#pragma omp parallel num_threads(2)
+  {
+#pragma omp single
+    conv2d_winograd_backward(nullptr, dw.data_ptr(), dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+  }
+  conv2d_backward_naive(nullptr, dw_ref.data_ptr(), nullptr, dy.data_ptr(), x.data_ptr(), w.data_ptr(), s);
+  const float per_sum = float(1 / std::sqrt(double(s.N * s.OH * s.OW)));
+  NORMA_CHECK_CLOSE(dw * per_sum, dw_ref * per_sum, 1e-4, 1e-5);
+}
+
 TEST_CASE("conv2d: the direct path for few input channels matches the naive loops forward and backward") {
   const Case cases[] = {
       {3, 3, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, false},  // cifar-small's RGB layer, 3 images
