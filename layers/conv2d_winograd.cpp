@@ -354,6 +354,27 @@ struct NextChannelRows {
   }
 };
 
+// For each channel c of x, in order: tile_row(c, i, rows) for each tile row
+// of [r0, r1) (i its place in the block, rows its six input rows), with the
+// next channel's rows prefetched along the way, then channel_done(c).
+template <class TileRow, class ChannelDone>
+void for_each_tile_row(const float* x, const Geom& g, int64_t r0, int64_t r1, TileRow tile_row,
+                       ChannelDone channel_done) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
+      const float* plane = x + (n * g.C + c) * g.H * g.W;
+      const NextChannelRows next(plane, g, c, ty0, ty1);
+      for (int64_t ty = ty0; ty < ty1; ++ty) {
+        next.prefetch(ty - ty0);
+        const float* rows[6];
+        tile_input_rows(rows, plane, g, ty);
+        tile_row(c, r - r0 + ty - ty0, rows);
+      }
+    });
+    channel_done(c);
+  }
+}
+
 // t = B4^T d for the L columns from j0 on of a tile row's six input rows
 // (null: a padding row), zero outside x's columns [0, W).
 template <int L>
@@ -376,15 +397,10 @@ inline void columns_bt(vec<L> t[6], const float* const rows[6], int64_t j0, int6
 template <int L>
 void input_transform_rows(float* V, const float* x, const Geom& g, int64_t r0, int64_t r1) {
   const int64_t P = (r1 - r0) * g.TW, ld = plane_stride(g.C, P);
-  for (int64_t c = 0; c < g.C; ++c) {
-    for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
-      const float* plane = x + (n * g.C + c) * g.H * g.W;
-      const NextChannelRows next(plane, g, c, ty0, ty1);
-      for (int64_t ty = ty0; ty < ty1; ++ty) {
-        next.prefetch(ty - ty0);
-        const float* rows[6];
-        tile_input_rows(rows, plane, g, ty);
-        float* __restrict v = V + c * P + (r - r0 + ty - ty0) * g.TW;
+  for_each_tile_row(
+      x, g, r0, r1,
+      [&](int64_t c, int64_t i_row, const float* const rows[6]) {
+        float* __restrict v = V + c * P + i_row * g.TW;
         vec<L> a[6], b[6], cc[6];
         columns_bt<L>(a, rows, -g.pw, g.W);
         for (int64_t tx0 = 0; tx0 < g.TW; tx0 += L) {
@@ -412,9 +428,8 @@ void input_transform_rows(float* V, const float* x, const Geom& g, int64_t r0, i
             a[i] = cc[i];
           }
         }
-      }
-    });
-  }
+      },
+      [](int64_t) {});
 }
 
 // V (xi, C, P) = B4^T d B2 (or B4^T d B4) for every tile of tile rows [r0, r1) of x (N, C, H, W).
@@ -441,22 +456,15 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
     const int64_t q = ch * g.chunk();
     at[ch] = q / g.TW * 6 * Wp + g.tw * (q % g.TW);
   }
-  for (int64_t c = 0; c < g.C; ++c) {
-    for_each_image_segment(g, r0, r1, [&](int64_t n, int64_t ty0, int64_t ty1, int64_t r) {
-      const float* plane = x + (n * g.C + c) * g.H * g.W;
-      const NextChannelRows next(plane, g, c, ty0, ty1);
-      for (int64_t ty = ty0; ty < ty1; ++ty) {
-        next.prefetch(ty - ty0);
-        const float* rows[6];
-        tile_input_rows(rows, plane, g, ty);
-        float* tr = t + (r - r0 + ty - ty0) * 6 * Wp;
-        for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns; q is x's column q - pw
-          v8 tc[6];
-          columns_bt<8>(tc, rows, q - g.pw, g.W);
-          for (int i = 0; i < 6; ++i) store8(tr + i * Wp + q, tc[i]);
-        }
-      }
-    });
+  auto column_pass = [&](int64_t, int64_t i_row, const float* const rows[6]) {
+    float* tr = t + i_row * 6 * Wp;
+    for (int64_t q = 0; q < Wp; q += 8) {  // B4^T down the columns; q is x's column q - pw
+      v8 tc[6];
+      columns_bt<8>(tc, rows, q - g.pw, g.W);
+      for (int i = 0; i < 6; ++i) store8(tr + i * Wp + q, tc[i]);
+    }
+  };
+  for_each_tile_row(x, g, r0, r1, column_pass, [&](int64_t c) {
     float* __restrict v = V + c * P;
     for (int64_t q0 = 0; q0 < P; q0 += 8) {  // B2 (or B4) along the rows, 8 tiles at a time
       const float* src[4];  // the chunks of these 8 tiles (the last one again past P)
@@ -480,7 +488,7 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
           for (int j = 0; j < 6; ++j) store8(v + (6 * i + j) * ld + q0, tc[j]);
         }
     }
-  }
+  });
 }
 
 // Where the outputs of each chunk of tile rows [r0, r1) go (see input_transform):
