@@ -561,7 +561,7 @@ inline V mul_add(V a, V b, V c) {
 // shift, then v > 0 ? v : 0 (NaN gives 0).
 template <class V>
 struct Affine {
-  V hi, lo, scale, shift;
+  V hi{}, lo{}, scale{}, shift{};  // (zero when there is no epilogue: never read then)
   Affine() = default;
   Affine(const ConvEpilogue& e, int64_t k)
       : hi(V{} + e.hi[k]), lo(V{} + e.lo[k]), scale(V{} + e.scale[k]), shift(V{} + e.shift[k]) {}
