@@ -579,16 +579,9 @@ void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, Scal
     normalize_pool_plane<false>(y, arg, x, m, ss, H, W);
 }
 
-// The pool's backward for one plane: g (H, W) gets dy at each window's
-// argmax and 0 elsewhere, added into zeros as max_pool2d's backward does, so
-// the passes after it see the gradient the unfused BatchNorm would.
-// A row of windows at a time, L windows in GCC vectors of L (8, then 4):
-// each window's four places get dy or 0 by selects, put back in order with
-// shuffles. The scatter into a zeroed plane this replaced ran scalar; the
-// fused backward (2 threads, two runs each) took 3.29 / 3.05 -> 2.60 / 2.51 ms
-// on (128, 32, 32, 32), 1.14 -> 0.81-0.90 on (128, 64, 16, 16), 0.60-0.66 ->
-// 0.58 on (128, 128, 8, 8). (Written as a simd loop of selects, gcc's code
-// was slower than the scatter.)
+// L windows of one row of the pool's backward (unpool_plane) in GCC vectors
+// of L = 8 or 4: each window's four places get dy or 0 by selects, put back
+// in order with shuffles; g0 and g1 are the window row's two rows of g.
 typedef float f8 __attribute__((vector_size(32)));
 typedef int32_t i8 __attribute__((vector_size(32)));
 typedef float f4 __attribute__((vector_size(16)));
@@ -617,6 +610,15 @@ inline void unpool_windows(float* g0, float* g1, const float* d, const int32_t* 
   detail::store_vector(g1, lo[1]);
   detail::store_vector(g1 + L, hi[1]);
 }
+// The pool's backward for one plane: g (H, W) gets dy at each window's
+// argmax and 0 elsewhere, as if added into zeros as max_pool2d's backward
+// does, so the passes after it see the gradient the unfused BatchNorm would.
+// A row of windows at a time, 8 then 4 windows at once (unpool_windows). The
+// scalar scatter into a zeroed plane this replaced took the fused backward (2
+// threads, two runs each) from 3.29 / 3.05 to 2.60 / 2.51 ms on (128, 32, 32,
+// 32), 1.14 -> 0.81-0.90 on (128, 64, 16, 16), 0.60-0.66 -> 0.58 on (128,
+// 128, 8, 8). (Written as a simd loop of selects, gcc's code was slower than
+// the scatter.)
 void unpool_plane(float* g, const float* dy, const int32_t* arg, int64_t H, int64_t W) {
   const int64_t OW = W / 2;
   for (int64_t oh = 0; oh < H / 2; ++oh) {
