@@ -22,6 +22,7 @@
 #include "../core/allocator.h"
 #include "../core/autograd.h"
 #include "../core/iter.h"
+#include "../core/kernel_policy.h"
 #include "activation.h"
 #include "batchnorm_sync.h"
 #include "pooling.h"
@@ -151,11 +152,8 @@ void normalize_run(float* y, const float* x, double m, double scale, double shif
 // the last run a thread writes makes them visible to the others.
 constexpr int64_t kStreamChunk = 256, kStreamMinBytes = int64_t(16) << 20;
 bool streams(int64_t numel) {
-  static const bool on = [] {  // NORMA_STREAM_STORES=0 turns them off (to measure what they buy)
-    const char* v = std::getenv("NORMA_STREAM_STORES");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
-  return on && numel * int64_t(sizeof(float)) >= kStreamMinBytes;
+  // KernelPolicy::stream_stores off (NORMA_STREAM_STORES=0): to measure what they buy.
+  return kernel_policy().stream_stores && numel * int64_t(sizeof(float)) >= kStreamMinBytes;
 }
 // y[0, n) = buf[0, n): ordinary stores up to y's first 64-byte boundary and
 // after its last (a streaming store writes a whole aligned line), streaming

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "../core/iter.h"
+#include "../core/kernel_policy.h"
 #include "conv2d.h"
 
 namespace norma::nn {
@@ -74,11 +75,8 @@ int threads_for(const ConvShape& s) { return int(std::min<int64_t>(omp_get_max_t
 }  // namespace
 
 bool conv2d_direct_applies(const ConvShape& s) {
-  // NORMA_DIRECT_CONV=0 turns it off (to measure what it buys, or to rule it out).
-  static const bool enabled = [] {
-    const char* v = std::getenv("NORMA_DIRECT_CONV");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  // KernelPolicy::direct_conv off (NORMA_DIRECT_CONV=0): to measure what it buys, or to rule it out.
+  const bool enabled = kernel_policy().fast && kernel_policy().direct_conv;
   return enabled && s.sh == 1 && s.sw == 1 && s.groups == 1 && s.N > 0 && s.K > 0 && s.OH > 0 && s.OW > 0 &&
          s.C * s.kh * s.kw <= 64;
 }

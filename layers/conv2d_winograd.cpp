@@ -60,6 +60,7 @@
 
 #include "../core/blas_threads.h"
 #include "../core/iter.h"
+#include "../core/kernel_policy.h"
 #include "conv2d.h"
 
 namespace norma::nn {
@@ -825,19 +826,12 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
 // data, as the golden fixtures are made, it reached 1.9x that tolerance at 16
 // channels where F(4x2) stayed at 0.9, and failed conv_winograd_pad0_odd.
 int conv2d_winograd_row_tile(int64_t summed) {
-  static const int64_t limit = [] {
-    const char* v = std::getenv("NORMA_WINOGRAD_F44");
-    return v ? std::atoll(v) : int64_t(0);
-  }();
-  return summed <= limit ? 4 : 2;
+  return summed <= kernel_policy().winograd_f44_channels ? 4 : 2;
 }
 
 bool conv2d_winograd_applies(const ConvShape& s) {
-  // NORMA_WINOGRAD=0 turns it off (to measure what it buys, or to rule it out).
-  static const bool enabled = [] {
-    const char* v = std::getenv("NORMA_WINOGRAD");
-    return !(v && std::strcmp(v, "0") == 0);
-  }();
+  // KernelPolicy::winograd off (NORMA_WINOGRAD=0): to measure what it buys, or to rule it out.
+  const bool enabled = kernel_policy().fast && kernel_policy().winograd;
   // Few channels leave the 16 products too thin to beat im2col's one (the RGB input layer).
   return enabled && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
          s.groups == 1 && s.N > 0 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16;
