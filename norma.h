@@ -15,7 +15,6 @@
 #include "layers/batchnorm_composite.h"
 #include "layers/batchnorm_presets.h"
 #include "layers/bn_stats.h"
-#include "layers/checkpoint.h"
 #include "layers/dropout.h"
 #include "layers/fuse.h"
 #include "layers/loss.h"

@@ -62,8 +62,8 @@ float run_demo(int steps, float lr, uint64_t seed) {
 }
 
 // OpenBLAS 0.3.21 picks its kernels once, when it loads, from OPENBLAS_CORETYPE
-// or from CPUID, and it takes AMD's AVX-512 CPUs (Zen 4/5) for AVX2-only cores
-// (issue 6 measured sgemm at 210 GFLOP/s so, 390 with SKYLAKEX, on such a machine).
+// or from CPUID, and it takes AMD's AVX-512 CPUs (Zen 4/5) for AVX2-only cores,
+// whose sgemm then runs at about half the speed (docs/performance.md has the figures).
 // Where the CPU and the OS both support AVX-512 and OpenBLAS did not choose an
 // AVX-512 core, run this program again with OPENBLAS_CORETYPE=SKYLAKEX. Never
 // without AVX-512: those kernels die with SIGILL (seen on a VM whose EPYC hides

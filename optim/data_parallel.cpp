@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "../core/autograd.h"
-#include "../layers/module.h"
 
 namespace norma::dist {
 
@@ -27,10 +26,9 @@ int64_t layout_hash(const NamedTensors& state) {
 
 }  // namespace
 
-void broadcast_state(nn::Module& model, ProcessGroup& pg, int root) {
+void broadcast_state(const NamedTensors& state, ProcessGroup& pg, int root) {
   if (root < 0 || root >= pg.size())
     fail("broadcast_state: root {} is not a rank of the group (size {})", root, pg.size());
-  NamedTensors state = model.state_dict();
   int64_t total = 0;
   for (const auto& [name, t] : state) total += t.numel();
   // Root's layout against each rank's, then one verdict for all (no rank may
@@ -55,7 +53,7 @@ void broadcast_state(nn::Module& model, ProcessGroup& pg, int root) {
   if (pg.rank() == root) return;
   NoGradGuard g;
   at = 0;
-  for (auto& [name, t] : state) {
+  for (const auto& [name, t] : state) {
     Tensor src = from_vector(std::vector<float>(flat.begin() + at, flat.begin() + at + t.numel()), t.shape());
     t.detach().copy_(src);  // bumps the version counter
     at += size_t(t.numel());
@@ -104,10 +102,6 @@ void allreduce_gradients(const std::vector<Tensor>& params, ProcessGroup& pg, si
     }
   }
   if (filled > 0) flush();
-}
-
-void allreduce_gradients(nn::Module& model, ProcessGroup& pg, size_t bucket_bytes) {
-  allreduce_gradients(model.parameters(), pg, bucket_bytes);
 }
 
 }  // namespace norma::dist

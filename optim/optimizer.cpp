@@ -7,7 +7,6 @@
 #include <set>
 
 #include "../core/autograd.h"
-#include "../layers/module.h"
 
 namespace norma::optim {
 
@@ -88,11 +87,11 @@ std::vector<ParamGroup> single_group(std::vector<Tensor> params) {
   return groups;
 }
 
-std::vector<ParamGroup> decay_groups(const nn::Module& model, double weight_decay) {
+std::vector<ParamGroup> decay_groups(const std::vector<Tensor>& params, double weight_decay) {
   std::vector<ParamGroup> groups(2);
   groups[0].weight_decay = weight_decay;
   groups[1].weight_decay = 0.0;
-  for (const auto& [name, p] : model.named_parameters()) groups[p.dim() >= 2 ? 0 : 1].params.push_back(p);
+  for (const Tensor& p : params) groups[p.dim() >= 2 ? 0 : 1].params.push_back(p);
   return groups;
 }
 

@@ -6,21 +6,18 @@
 //
 //   optim::SGD opt(model.parameters(), /*lr=*/0.1, /*momentum=*/0.9);
 //   // or, without weight decay on biases and BatchNorm weights:
-//   optim::SGD opt(optim::decay_groups(model, 5e-4), 0.1, 0.9);
+//   optim::SGD opt(optim::decay_groups(model.parameters(), 5e-4), 0.1, 0.9);
 //   for (...) { opt.zero_grad(); loss(model(x), y).backward(); opt.step(); }
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <concepts>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "../core/tensor.h"
-
-namespace norma::nn {
-class Module;
-}
 
 namespace norma::optim {
 
@@ -44,11 +41,17 @@ struct ParamGroup {
 // One group holding `params`, every option left to the optimizer's defaults.
 std::vector<ParamGroup> single_group(std::vector<Tensor> params);
 
-// Two groups from a module's named_parameters(): group 0 holds the parameters
-// of 2 or more dims (conv and linear weights) with `weight_decay`; group 1 the
-// 1-D ones (biases, BatchNorm weights) with weight decay 0. Both groups are
-// always present (possibly empty), so their indices are stable.
-std::vector<ParamGroup> decay_groups(const nn::Module& model, double weight_decay);
+// Two groups: group 0 holds the parameters of 2 or more dims (conv and linear
+// weights) with `weight_decay`; group 1 the 1-D ones (biases, BatchNorm
+// weights) with weight decay 0. Both groups are always present (possibly
+// empty), so their indices are stable.
+std::vector<ParamGroup> decay_groups(const std::vector<Tensor>& params, double weight_decay);
+// The same for anything with parameters() (an nn::Module): decay_groups(model, 5e-4).
+template <class Model>
+  requires requires(const Model& m) { { m.parameters() } -> std::convertible_to<std::vector<Tensor>>; }
+std::vector<ParamGroup> decay_groups(const Model& model, double weight_decay) {
+  return decay_groups(model.parameters(), weight_decay);
+}
 
 // Per-parameter state: the step count (from 1 after the first step) and the
 // buffers named by the optimizer's state_names(), each of the parameter's shape.

@@ -1,4 +1,4 @@
-// Training checkpoints (layers/checkpoint.h): a run interrupted, saved and
+// Training checkpoints (apps/checkpoint.h): a run interrupted, saved and
 // resumed in fresh objects gives bit for bit the uninterrupted run; metadata
 // round trips; every promised error is provoked and leaves everything as it was.
 #include <unistd.h>
@@ -10,7 +10,7 @@
 
 #include <norma/layers/activation.h>
 #include <norma/layers/batchnorm2d.h>
-#include <norma/layers/checkpoint.h>
+#include <norma/apps/checkpoint.h>
 #include <norma/layers/conv2d.h>
 #include <norma/layers/dropout.h>
 #include <norma/layers/linear.h>

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include <norma/apps/checkpoint.h>
 #include <norma/norma.h>
 
 #include "cifar_synth.h"

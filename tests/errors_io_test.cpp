@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 
+#include <norma/apps/checkpoint.h>
 #include <norma/layers/linear.h>
 #include <norma/layers/sequential.h>
 

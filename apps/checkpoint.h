@@ -1,6 +1,7 @@
 // Training checkpoints that resume exactly: the model's weights, the
 // optimizer's and scheduler's state, epoch/step and the random generator in one
-// safetensors file (docs/checkpoints.md, "Training checkpoints").
+// safetensors file (docs/checkpoints.md, "Training checkpoints"). It bundles a
+// model and an optimizer, so it lives above layers/ and optim/, in the trainer.
 //
 // The file (core/safetensors.h), written atomically:
 //   <state_dict name>             the model's parameters and buffers, as nn::save writes them
@@ -21,9 +22,9 @@
 #include <cstdint>
 #include <string>
 
+#include "../layers/module.h"
 #include "../optim/lr_scheduler.h"
 #include "../optim/optimizer.h"
-#include "module.h"
 
 namespace norma::nn {
 
