@@ -14,6 +14,9 @@ namespace norma::detail {
 // caller has checked that t's shape broadcasts to `shape`.
 Shape broadcast_strides(const Tensor& t, const Shape& shape);
 
+// Fails, naming op and the argument, when t is undefined.
+void check_defined(const Tensor& t, const char* op, const char* arg);
+
 // Minimum number of elements before a loop is split across threads.
 constexpr int64_t kParallelGrain = 1 << 15;
 
