@@ -1,3 +1,5 @@
+// The reference convolution (conv2d.h): im2col with a bounds test per entry,
+// then sgemm, one image and group at a time.
 // N batch, C input and K output channels, g group, Cg = C/groups and Kg =
 // K/groups channels per group, R = Cg kh kw rows of col, L = OH OW positions.
 #include "conv2d.h"

@@ -1,3 +1,4 @@
+// The reference pooling kernels (pool2d.h): a loop over each output's window.
 // N batch, C channels, H/W input size, OH/OW output size; P = N*C planes, each
 // pooled on its own (the OpenMP loop runs over planes).
 #include "pool2d.h"
