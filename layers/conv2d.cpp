@@ -1,18 +1,16 @@
-// N batch, C input channels, H/W input size, K output channels, OH/OW output size,
-// g group; Cg = C/groups and Kg = K/groups channels per group.
+// Conv2d: shape checks, the one place that chooses the kernels (reference or
+// fast), the op and the module. The kernels: layers/ref/conv2d.cpp, layers/fast/.
 #include "conv2d.h"
 
-#include <cblas.h>
-#include <omp.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <optional>
 
 #include "../core/autograd.h"
-#include "../core/blas_threads.h"
+#include "../core/kernel_policy.h"
 #include "init.h"
+#include "ref/conv2d.h"
+#if NORMA_FAST_KERNELS
+#include "fast/conv2d.h"
+#endif
 
 namespace norma::nn {
 
@@ -43,212 +41,75 @@ ConvShape conv2d_shape(const Shape& x, const Shape& w, Size2 stride, Size2 paddi
   return s;
 }
 
-// ---------------------------------------------------------------- naive oracle
+// ---------------------------------------------------------------- which kernel runs
 
-void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t k = 0; k < s.K; ++k)
-      for (int64_t oh = 0; oh < s.OH; ++oh)
-        for (int64_t ow = 0; ow < s.OW; ++ow) {
-          double acc = b ? b[k] : 0.0;
-          const int64_t g = k / Kg;
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t i = 0; i < s.kh; ++i)
-              for (int64_t j = 0; j < s.kw; ++j) {
-                int64_t ih = oh * s.sh - s.ph + i * s.dh, iw = ow * s.sw - s.pw + j * s.dw;
-                if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-                acc += double(x[((n * s.C + g * Cg + c) * s.H + ih) * s.W + iw]) *
-                       w[((k * Cg + c) * s.kh + i) * s.kw + j];
-              }
-          y[((n * s.K + k) * s.OH + oh) * s.OW + ow] = float(acc);
-        }
+bool conv2d_winograd_applies(const ConvShape& s) {
+  // KernelPolicy::winograd off (NORMA_WINOGRAD=0): to measure what it buys, or to rule it out.
+  const bool enabled = kernel_policy().fast && kernel_policy().winograd;
+  // Few channels leave the 16 products too thin to beat im2col's one (the RGB input layer).
+  return enabled && s.kh == 3 && s.kw == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+         s.groups == 1 && s.N > 0 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16;
 }
 
-void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                           const ConvShape& s) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups;
-  if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, 0.0f);
-  if (dw) std::fill_n(dw, s.K * Cg * s.kh * s.kw, 0.0f);
-  if (db) std::fill_n(db, s.K, 0.0f);
-  for (int64_t n = 0; n < s.N; ++n)
-    for (int64_t k = 0; k < s.K; ++k)
-      for (int64_t oh = 0; oh < s.OH; ++oh)
-        for (int64_t ow = 0; ow < s.OW; ++ow) {
-          const float d = dy[((n * s.K + k) * s.OH + oh) * s.OW + ow];
-          const int64_t g = k / Kg;
-          if (db) db[k] += d;
-          for (int64_t c = 0; c < Cg; ++c)
-            for (int64_t i = 0; i < s.kh; ++i)
-              for (int64_t j = 0; j < s.kw; ++j) {
-                int64_t ih = oh * s.sh - s.ph + i * s.dh, iw = ow * s.sw - s.pw + j * s.dw;
-                if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
-                int64_t xi = ((n * s.C + g * Cg + c) * s.H + ih) * s.W + iw;
-                int64_t wi = ((k * Cg + c) * s.kh + i) * s.kw + j;
-                if (dx) dx[xi] += d * w[wi];
-                if (dw) dw[wi] += d * x[xi];
-              }
-        }
+// F(4x4) is opt-in because of its error: on data at PyTorch's scale (weights
+// 1/sqrt(9 C)) it stays within the golden tolerance up to 32 channels
+// (scripts/winograd_error.py), but on all-randn data, as the golden fixtures
+// are made, it reached 1.9x that tolerance at 16 channels where F(4x2) stayed
+// at 0.9, and failed conv_winograd_pad0_odd.
+int conv2d_winograd_row_tile(int64_t summed) { return summed <= kernel_policy().winograd_f44_channels ? 4 : 2; }
+
+bool conv2d_direct_applies(const ConvShape& s) {
+  // KernelPolicy::direct_conv off (NORMA_DIRECT_CONV=0): to measure what it buys, or to rule it out.
+  const bool enabled = kernel_policy().fast && kernel_policy().direct_conv;
+  return enabled && s.sh == 1 && s.sw == 1 && s.groups == 1 && s.N > 0 && s.K > 0 && s.OH > 0 && s.OW > 0 &&
+         s.C * s.kh * s.kw <= 64;
 }
-
-// ---------------------------------------------------------------- im2col + sgemm
-
-namespace {
-
-// The outputs ow whose input column iw = ow*sw + off (off = j*dw - pw) falls
-// inside [0, W): [lo, hi). Outside it the kernel tap reads padding. Computing
-// the range once per tap turns the inner loops into plain copies and adds
-// (im2col's per-element bounds test cost as much as the GEMM's packing).
-struct ColSpan {
-  int64_t off, lo, hi;
-};
-ColSpan col_span(const ConvShape& s, int64_t j) {
-  const int64_t off = j * s.dw - s.pw;
-  const int64_t lo = std::min(off >= 0 ? 0 : (-off + s.sw - 1) / s.sw, s.OW);
-  const int64_t hi = s.W - 1 - off < 0 ? 0 : std::min((s.W - 1 - off) / s.sw + 1, s.OW);
-  return {off, lo, std::max(lo, hi)};
-}
-
-// col (Cg*kh*kw, OH*OW) from the Cg channels of one image starting at x.
-void im2col(float* col, const float* x, const ConvShape& s, int64_t Cg) {
-  const int64_t L = s.OH * s.OW;
-#pragma omp parallel for collapse(2) schedule(static) if (Cg * s.kh * s.kw * L >= (1 << 15))
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) {
-        float* row = col + ((c * s.kh + i) * s.kw + j) * L;
-        const float* plane = x + c * s.H * s.W;
-        const auto [off, lo, hi] = col_span(s, j);
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-          float* out = row + oh * s.OW;
-          if (ih < 0 || ih >= s.H) {
-            std::fill_n(out, s.OW, 0.0f);
-            continue;
-          }
-          const float* in = plane + ih * s.W;
-          std::fill(out, out + lo, 0.0f);
-          if (s.sw == 1)
-            std::copy(in + lo + off, in + hi + off, out + lo);
-          else
-            for (int64_t ow = lo; ow < hi; ++ow) out[ow] = in[ow * s.sw + off];
-          std::fill(out + hi, out + s.OW, 0.0f);
-        }
-      }
-}
-
-// dx += col2im(col): the adjoint of im2col. Parallel over channels (each owns its plane).
-void col2im_add(float* dx, const float* col, const ConvShape& s, int64_t Cg) {
-  const int64_t L = s.OH * s.OW;
-#pragma omp parallel for schedule(static) if (Cg * s.kh * s.kw * L >= (1 << 15))
-  for (int64_t c = 0; c < Cg; ++c)
-    for (int64_t i = 0; i < s.kh; ++i)
-      for (int64_t j = 0; j < s.kw; ++j) {
-        const float* row = col + ((c * s.kh + i) * s.kw + j) * L;
-        float* plane = dx + c * s.H * s.W;
-        const auto [off, lo, hi] = col_span(s, j);
-        for (int64_t oh = 0; oh < s.OH; ++oh) {
-          const int64_t ih = oh * s.sh - s.ph + i * s.dh;
-          if (ih < 0 || ih >= s.H) continue;
-          float* out = plane + ih * s.W;
-          const float* in = row + oh * s.OW;
-          if (s.sw == 1)
-            for (int64_t ow = lo; ow < hi; ++ow) out[ow + off] += in[ow];
-          else
-            for (int64_t ow = lo; ow < hi; ++ow) out[ow * s.sw + off] += in[ow];
-        }
-      }
-}
-
-}  // namespace
-
-// Images are independent, so the batch is split across OpenMP threads, each
-// with its own col buffer and a single-threaded sgemm (see blas_threads.h). A
-// batch smaller than the thread count keeps OpenBLAS's threads instead.
-namespace {
-
-bool split_batch(const ConvShape& s) { return omp_get_max_threads() > 1 && s.N >= omp_get_max_threads(); }
-
-}  // namespace
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
-  if (conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s);
-  if (conv2d_direct_applies(s)) return conv2d_direct_forward(y, x, w, b, s);
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
-  const bool split = split_batch(s);
-  const int T = split ? omp_get_max_threads() : 1;
-  Tensor col_buf = empty({T * R * L});  // the caching allocator hands the same memory back next call
-  std::optional<BlasThreads> one_thread;
-  if (split) one_thread.emplace(1);
-#pragma omp parallel for schedule(static) if (split)
-  for (int64_t n = 0; n < s.N; ++n) {
-    float* col = col_buf.data_ptr() + (split ? omp_get_thread_num() : 0) * R * L;
-    for (int64_t g = 0; g < s.groups; ++g) {
-      im2col(col, x + (n * s.C + g * Cg) * s.H * s.W, s, Cg);
-      float* yg = y + (n * s.K + g * Kg) * L;
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Kg), int(L), int(R), 1.0f, w + g * Kg * R,
-                  int(R), col, int(L), 0.0f, yg, int(L));
-      if (b)
-        for (int64_t k = 0; k < Kg; ++k) {
-          const float bk = b[g * Kg + k];
-          for (int64_t l = 0; l < L; ++l) yg[k * L + l] += bk;
-        }
-    }
+#if NORMA_FAST_KERNELS
+  if (kernel_policy().fast) {
+    if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_forward(y, x, w, b, s);
+    if (conv2d_direct_applies(s)) return fast::conv2d_direct_forward(y, x, w, b, s);
+    return fast::conv2d_im2col_forward(y, x, w, b, s);
   }
+#endif
+  ref::conv2d_forward(y, x, w, b, s);
 }
 
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      const ConvShape& s) {
-  const int64_t Cg = s.C / s.groups, Kg = s.K / s.groups, L = s.OH * s.OW, R = Cg * s.kh * s.kw;
-  if (db) {
-    for (int64_t k = 0; k < s.K; ++k) {
-      double acc = 0;
-      for (int64_t n = 0; n < s.N; ++n)
-        for (int64_t l = 0; l < L; ++l) acc += dy[(n * s.K + k) * L + l];
-      db[k] = float(acc);
+#if NORMA_FAST_KERNELS
+  if (kernel_policy().fast) {
+    if (db) ref::conv2d_backward_bias(db, dy, s);
+    if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_backward(dx, dw, dy, x, w, s);
+    if (dw && conv2d_direct_applies(s)) {  // dx, if wanted, still goes through im2col
+      fast::conv2d_direct_backward_weight(dw, dy, x, s);
+      dw = nullptr;
     }
+    return fast::conv2d_im2col_backward(dx, dw, dy, x, w, s);
   }
-  if (conv2d_winograd_applies(s)) return conv2d_winograd_backward(dx, dw, dy, x, w, s);
-  if (dw && conv2d_direct_applies(s)) {  // dx, if wanted, still goes through im2col below
-    conv2d_direct_backward_weight(dw, dy, x, s);
-    dw = nullptr;
-    if (!dx) return;
-  }
-  const bool split = split_batch(s);
-  const int T = split ? omp_get_max_threads() : 1;
-  Tensor col_buf = empty({T * R * L});
-  // Each thread sums its images' dweight into its own slice; the slices are
-  // added in thread order afterwards, so the result is the same every run.
-  Tensor dw_buf = dw ? zeros({T * s.K * R}) : Tensor();
-  if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, 0.0f);
-  std::optional<BlasThreads> one_thread;
-  if (split) one_thread.emplace(1);
-#pragma omp parallel for schedule(static) if (split)
-  for (int64_t n = 0; n < s.N; ++n) {
-    const int t = split ? omp_get_thread_num() : 0;
-    float* col = col_buf.data_ptr() + t * R * L;
-    for (int64_t g = 0; g < s.groups; ++g) {
-      const float* dyg = dy + (n * s.K + g * Kg) * L;
-      if (dw) {
-        im2col(col, x + (n * s.C + g * Cg) * s.H * s.W, s, Cg);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(Kg), int(R), int(L), 1.0f, dyg, int(L), col,
-                    int(L), 1.0f, dw_buf.data_ptr() + t * s.K * R + g * Kg * R, int(R));
-      }
-      if (dx) {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(R), int(L), int(Kg), 1.0f, w + g * Kg * R,
-                    int(R), dyg, int(L), 0.0f, col, int(L));
-        col2im_add(dx + (n * s.C + g * Cg) * s.H * s.W, col, s, Cg);
-      }
-    }
-  }
-  if (dw) {
-    const float* parts = dw_buf.data_ptr();
-    for (int64_t i = 0; i < s.K * R; ++i) {
-      float acc = parts[i];
-      for (int t = 1; t < T; ++t) acc += parts[t * s.K * R + i];
-      dw[i] = acc;
-    }
-  }
+#endif
+  ref::conv2d_backward(dx, dw, db, dy, x, w, s);
+}
+
+bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
+  // The pool only on F(4x2) tiles: where conv2d_forward would take F(4x4)
+  // (NORMA_WINOGRAD_F44), F(4x2) would round differently from it.
+  if (conv2d_winograd_applies(s)) return !pool || conv2d_winograd_row_tile(s.C) == 2;
+  return !pool && conv2d_direct_applies(s) && s.OW % 32 == 0;
+}
+
+void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
+                             const ConvEpilogue& e) {
+  if (!conv2d_epilogue_applies(s, e.pool))
+    fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
+         "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
+#if NORMA_FAST_KERNELS  // (without the fast kernels nothing applies)
+  if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_forward(y, x, w, b, s, &e);
+  fast::conv2d_direct_forward(y, x, w, b, s, &e);
+#else
+  (void)y, (void)x, (void)w, (void)b;
+#endif
 }
 
 // ---------------------------------------------------------------- the op
@@ -277,21 +138,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
   return y;
 }
 
-bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
-  // The pool only on F(4x2) tiles: where conv2d_forward would take F(4x4)
-  // (NORMA_WINOGRAD_F44), F(4x2) would round differently from it.
-  if (conv2d_winograd_applies(s)) return !pool || conv2d_winograd_row_tile(s.C) == 2;
-  return !pool && conv2d_direct_applies(s) && s.OW % 32 == 0;
-}
-
-void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                             const ConvEpilogue& e) {
-  if (!conv2d_epilogue_applies(s, e.pool))
-    fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
-         "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
-  if (conv2d_winograd_applies(s)) return conv2d_winograd_forward(y, x, w, b, s, &e);
-  conv2d_direct_forward(y, x, w, b, s, &e);
-}
+// ---------------------------------------------------------------- the module
 
 // ---------------------------------------------------------------- the module
 

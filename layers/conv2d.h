@@ -1,15 +1,17 @@
 // Conv2d on NCHW tensors: x (N, C, H, W) * weight (K, C/groups, kh, kw) + bias (K)
 // -> y (N, K, OH, OW) with OH = (H + 2 ph - dh (kh - 1) - 1) / sh + 1 (likewise OW).
 //
-// Fast paths: Winograd F(4x2, 3x3) for the stride-1 3x3 convolutions of a CNN
-// (conv2d_winograd.cpp, 3x fewer multiplies), direct loops for few input
-// channels (conv2d_direct.cpp, the RGB layer), otherwise im2col + OpenBLAS
-// sgemm, per image and group:
-//   col (C/g*kh*kw, OH*OW) = im2col(x[n, g])     y[n, g] = W_g (K/g, C/g*kh*kw) @ col
-// and backward:
-//   dW_g += dy[n, g] @ col^T     dcol = W_g^T @ dy[n, g]     dx[n, g] += col2im(dcol)
-//   db[k] = sum of dy[:, k]
-// The naive loops beside it are the test oracle.
+// A reader's path: the module Conv2d -> the op conv2d (conv2d.cpp) -> the
+// kernels, chosen at one place, conv2d_forward / conv2d_backward:
+//   reference (layers/ref/conv2d.h), the definition: im2col + one sgemm per
+//     image and group, forward and backward;
+//   fast (layers/fast/conv2d.h), only with KernelPolicy::fast: Winograd
+//     F(4x2, 3x3) (or F(4x4)) for the stride-1 3x3 convolutions of a CNN
+//     (conv2d_winograd_applies), direct loops for few input channels, the RGB
+//     layer (conv2d_direct_applies), else im2col + sgemm with the batch split
+//     over threads. Each equals the reference up to float rounding
+//     (tests/conv_kernels_test.cpp); tests/conv_naive.h, seven plain loops,
+//     checks the reference.
 //
 // Layout: NCHW only. An NHWC tensor must be permuted to NCHW first (a view:
 // x.permute({0, 3, 1, 2})); conv2d then copies it to contiguous NCHW.
@@ -33,14 +35,23 @@ struct ConvShape {
 ConvShape conv2d_shape(const Shape& x, const Shape& weight, Size2 stride, Size2 padding, Size2 dilation,
                        int64_t groups);
 
-// ---- kernels on raw contiguous NCHW pointers (b, db may be null)
+// ---- the kernels chosen by kernel_policy(), on raw contiguous NCHW pointers
+// (b, db may be null): the fast ones where they apply, else the reference.
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
-// dx, dw, db may each be null when not needed; dw and db are overwritten, dx is overwritten.
+// dx, dw, db may each be null when not needed; each is overwritten.
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      const ConvShape& s);
-void conv2d_forward_naive(float* y, const float* x, const float* w, const float* b, const ConvShape& s);
-void conv2d_backward_naive(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                           const ConvShape& s);
+
+// Whether conv2d_forward and conv2d_backward take the Winograd kernels for s
+// (KernelPolicy::fast and ::winograd; 3x3, stride 1, dilation 1, one group,
+// padding <= 2, at least 16 channels in and out), and the outputs per tile
+// along a row for a sum over so many channels: 4 (F(4x4), for sums over at
+// most KernelPolicy::winograd_f44_channels) or 2 (F(4x2)).
+bool conv2d_winograd_applies(const ConvShape& s);
+int conv2d_winograd_row_tile(int64_t summed_channels);
+// Whether they take the direct kernels (KernelPolicy::fast and ::direct_conv;
+// stride 1, one group, C*kh*kw <= 64): the forward and dw; dx stays on im2col.
+bool conv2d_direct_applies(const ConvShape& s);
 
 // ---- an eval-mode BatchNorm2d and a ReLU (and a 2x2 max pool) applied as the
 // output is written, for inference: each output v of channel k becomes
@@ -53,36 +64,11 @@ struct ConvEpilogue {
 };
 // Whether conv2d_forward_epilogue can run s: the Winograd path (with the
 // pool, where it takes F(4x2) tiles), or the direct path over whole rows
-// (without it).
+// (without it). Always false with the fast kernels off: there is no
+// reference epilogue (fuse.cpp then runs the ops one by one).
 bool conv2d_epilogue_applies(const ConvShape& s, bool pool);
 void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                              const ConvEpilogue& e);
-
-// ---- Winograd F(4x2, 3x3) (conv2d_winograd.cpp): 3x3, stride 1, dilation 1, one
-// group, padding <= 2, at least 16 channels in and out. conv2d_forward and
-// conv2d_backward take this path where it applies; NORMA_WINOGRAD=0 turns it off.
-// NORMA_WINOGRAD_F44=n makes the forward and dx convolutions that sum at most
-// n channels take F(4x4, 3x3) tiles instead (dw stays on F(4x2)): 4x fewer
-// multiplies than direct convolution, but 2-3x F(4x2)'s float32 error, so off
-// unless asked for. conv2d_winograd_row_tile gives the outputs per tile along a
-// row for a sum over so many channels: 4 (F(4x4)) or 2.
-bool conv2d_winograd_applies(const ConvShape& s);
-int conv2d_winograd_row_tile(int64_t summed_channels);
-void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                             const ConvEpilogue* e = nullptr);  // e: with the pool only on F(4x2) tiles
-// dx and dw (either may be null) are overwritten; conv2d_backward computes db.
-void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                              const ConvShape& s);
-
-// ---- direct convolution (conv2d_direct.cpp) for few input channels: stride 1,
-// one group, C*kh*kw <= 64 (the RGB input layer). conv2d_forward and the weight
-// gradient of conv2d_backward take it where it applies (dx stays on im2col);
-// NORMA_DIRECT_CONV=0 turns it off.
-bool conv2d_direct_applies(const ConvShape& s);
-void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
-                           const ConvEpilogue* e = nullptr);  // e: only where OW % 32 == 0, no pool
-// dw is overwritten; conv2d_backward computes db.
-void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s);
 
 // ---- the op: one autograd node. bias may be an undefined Tensor.
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 stride = 1, Size2 padding = 0,

@@ -13,6 +13,10 @@
 // count_include_pad (PyTorch's default), else the number of real elements.
 // Backward spreads dy / divisor over the window.
 // adaptive_avg_pool2d: window oh covers rows [floor(oh H / OH), ceil((oh+1) H / OH)).
+//
+// The kernels: the reference ones, forward beside backward (layers/ref/pool2d.h),
+// and max_pool2d's fast one for 2x2 windows with stride 2 (layers/fast/maxpool2x2.h,
+// with KernelPolicy::fast), which must equal them.
 #pragma once
 #include <optional>
 
@@ -42,17 +46,6 @@ inline int max_of_window(const float (&v)[4], float& best) {
   }
   return a;
 }
-
-// ---- kernels on raw contiguous NCHW pointers; backwards overwrite dx.
-// indices (N, C, OH, OW) receive the argmax as an offset h * W + w in its plane.
-void maxpool2d_forward(float* y, int64_t* indices, const float* x, const PoolShape& s);
-void maxpool2d_backward(float* dx, const float* dy, const int64_t* indices, const PoolShape& s);
-void avgpool2d_forward(float* y, const float* x, const PoolShape& s, bool count_include_pad);
-void avgpool2d_backward(float* dx, const float* dy, const PoolShape& s, bool count_include_pad);
-// P = N * C planes of H x W -> OH x OW.
-void adaptive_avgpool2d_forward(float* y, const float* x, int64_t P, int64_t H, int64_t W, int64_t OH, int64_t OW);
-void adaptive_avgpool2d_backward(float* dx, const float* dy, int64_t P, int64_t H, int64_t W, int64_t OH,
-                                 int64_t OW);
 
 // ---- ops: x (N, C, H, W) -> (N, C, OH, OW)
 Tensor max_pool2d(const Tensor& x, Size2 kernel_size, std::optional<Size2> stride = std::nullopt,

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Float32 error of Winograd tiles against float64 direct convolution, with
 float32 direct convolution for scale (numpy only): F(2x2, 3x3), the F(4x2, 3x3)
-that layers/conv2d_winograd.cpp uses (F(4, 3) down the columns on the points
+that Norma uses (layers/fast/winograd.h; F(4, 3) down the columns on the points
 0, -1, 1, -1/2, 2, F(2, 3) along the rows), F(4x4, 3x3) on those points (which
 it takes only where NORMA_WINOGRAD_F44 asks) and on Lavin & Gray's (0, 1, -1,
 2, -2). Random inputs, 16x16 outputs, weights scaled by 1/sqrt(9C), then all
@@ -17,7 +17,7 @@ F = np.float32
 F2 = (F([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),  # (B^T, G, A^T) of F(2, 3)
       np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
       F([[1, 1, 1, 0], [0, 1, -1, -1]]))
-F4 = (F([[2, 3, -4, -3, 2, 0], [0, 2, 1, -5, 2, 0], [0, -2, -5, -1, 2, 0], [0, 2, -1, -2, 1, 0],  # conv2d_winograd.cpp's
+F4 = (F([[2, 3, -4, -3, 2, 0], [0, 2, 1, -5, 2, 0], [0, -2, -5, -1, 2, 0], [0, 2, -1, -2, 1, 0],  # layers/fast/winograd.h's
          [0, -1, -2, 1, 2, 0], [0, 2, 3, -4, -3, 2]]),
       np.array([[1 / 2, 0, 0], [1 / 6, -1 / 6, 1 / 6], [-1 / 6, -1 / 6, -1 / 6], [-16 / 15, 8 / 15, -4 / 15],
                 [1 / 30, 1 / 15, 2 / 15], [0, 0, 1 / 2]]),

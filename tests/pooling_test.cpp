@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 
+#include <norma/core/kernel_policy.h>
 #include <norma/layers/pooling.h>
 #include <norma/layers/sequential.h>
 
@@ -118,6 +119,40 @@ TEST_CASE("max_pool2d: the 2x2 stride-2 path chooses as the general rule does, t
     CHECK((std::isnan(got[i]) ? std::isnan(y_ref[i]) : got[i] == y_ref[i]));
   }
   CHECK(x.grad().to_vector() == dx_ref);
+}
+
+TEST_CASE("max_pool2d: the fast 2x2 kernel equals the reference one bit for bit, forward and backward") {
+  if (!fast_kernels_built()) {
+    WARN("skipped: built without the fast kernels (NORMA_FAST_KERNELS=OFF)");
+    return;
+  }
+  // Ties, NaNs, odd sizes (the last row and column dropped), rows of 1, 4, 5
+  // and 17 outputs, and planes enough for the parallel path.
+  struct P {
+    int64_t N, C, H, W;
+  };
+  manual_seed(14);
+  for (const P& c : {P{3, 5, 9, 11}, P{2, 3, 8, 8}, P{1, 2, 3, 35}, P{2, 4, 7, 3}, P{8, 16, 32, 32}, P{1, 1, 2, 2}}) {
+    CAPTURE(c.N, c.C, c.H, c.W);
+    std::vector<float> v(size_t(c.N * c.C * c.H * c.W));
+    for (float& f : v) f = random_u32() % 23 == 0 ? NAN : float(random_u32() % 4);
+    const Tensor dy = randn({c.N, c.C, c.H / 2, c.W / 2});
+    auto run = [&](const KernelPolicy& policy) {
+      KernelPolicyGuard g(policy);
+      Tensor x = from_vector(v, {c.N, c.C, c.H, c.W}).requires_grad_();
+      Tensor y = max_pool2d(x, 2);
+      y.backward(dy);
+      return std::pair{y.to_vector(), x.grad().to_vector()};
+    };
+    const auto [y_fast, dx_fast] = run(KernelPolicy{});
+    const auto [y_ref, dx_ref] = run(KernelPolicy{.fast = false});
+    REQUIRE(y_fast.size() == y_ref.size());
+    for (size_t i = 0; i < y_fast.size(); ++i) {
+      CAPTURE(i);
+      CHECK((std::isnan(y_fast[i]) ? std::isnan(y_ref[i]) : y_fast[i] == y_ref[i]));
+    }
+    CHECK(dx_fast == dx_ref);
+  }
 }
 
 TEST_CASE("pooling: ops match reductions over reshaped windows, on the parallel path") {

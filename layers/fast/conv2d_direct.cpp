@@ -1,7 +1,6 @@
 // Direct convolution for few input channels (the RGB input layer): stride 1,
 // one group, C*kh*kw <= 64. There im2col's matrix product is only C*kh*kw
-// (27) deep, too thin for sgemm (OpenBLAS ran cifar-small's first layer at
-// ~50 GFLOP/s on one core, half its rate on large products).
+// (27) deep, too thin for sgemm to run at its rate on large products.
 //
 // Each padded input plane is laid out flat with row pitch Wp = W + 2 pw. The
 // output (oh, ow) then sits at p = oh Wp + ow, and the tap t = (c, i, j) reads
@@ -25,11 +24,10 @@
 #include <cstring>
 #include <vector>
 
-#include "../core/iter.h"
-#include "../core/kernel_policy.h"
+#include "../../core/iter.h"
 #include "conv2d.h"
 
-namespace norma::nn {
+namespace norma::nn::fast {
 
 namespace {
 
@@ -72,23 +70,10 @@ void pad_image(float* xp, const float* x, const ConvShape& s, const Layout& l) {
 // Threads over images, each with its own buffers (zeroed here, once).
 int threads_for(const ConvShape& s) { return int(std::min<int64_t>(omp_get_max_threads(), s.N)); }
 
-}  // namespace
-
-bool conv2d_direct_applies(const ConvShape& s) {
-  // KernelPolicy::direct_conv off (NORMA_DIRECT_CONV=0): to measure what it buys, or to rule it out.
-  const bool enabled = kernel_policy().fast && kernel_policy().direct_conv;
-  return enabled && s.sh == 1 && s.sw == 1 && s.groups == 1 && s.N > 0 && s.K > 0 && s.OH > 0 && s.OW > 0 &&
-         s.C * s.kh * s.kw <= 64;
-}
-
-namespace {
-
 // The forward where output rows are whole vectors of 16, twice over (the RGB
 // layer's 32): each register block is KB output channels x one output row,
 // computed straight into y with the bias, so neither the positions past each
-// row's end nor a copy-out pass are paid. Measured on (128, 3, 32, 32) -> 32
-// channels, norma_bench_kernels --threads 2 --batch-size 128: 1.79-2.03 ms
-// with the flat layout below, 1.35-1.38 with this (84-85% of sgemm's rate).
+// row's end nor a copy-out pass are paid.
 void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                                 const ConvEpilogue* e) {
   const Layout l(s, 16);
@@ -187,8 +172,6 @@ void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, c
   const int T = threads_for(s);
   // With rows of whole vectors (and whole blocks of channels) dy is read in
   // place, row after row, with no positions dropped; else copied into dyp.
-  // The RGB layer, norma_bench_kernels --threads 2 --batch-size 128: 1.72-2.02 ms
-  // copying, 1.31-1.37 in place (84-86% of sgemm's rate).
   const bool rows = s.OW % 16 == 0 && s.K % DKB == 0;
   // Per thread: xp, dyp (Kp planes of L floats, zero at the dropped positions
   // and in the channels k >= K) and the 16-lane partial sums of dw (Kp, Rp).
@@ -251,4 +234,4 @@ void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, c
     }
 }
 
-}  // namespace norma::nn
+}  // namespace norma::nn::fast
