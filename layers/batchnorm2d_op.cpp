@@ -70,8 +70,12 @@ void check_batchnorm_enums(const char* op, Layout layout, VarianceMethod varianc
     fail("{}: unknown sync_rule {} (not a SyncRule value)", op, int(sync_rule));
 }
 
-Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
-                    const Tensor& running_var, const BatchNormArgs& a) {
+namespace {
+
+// Every check of batch_norm2d's arguments but the pool's; inputs are the
+// tensors the gradient flows into.
+void check_args(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                const Tensor& running_var, const BatchNormArgs& a, const std::vector<Tensor>& inputs) {
   if (!x.defined()) fail("batch_norm2d: input is an undefined tensor");
   check_batchnorm_enums("batch_norm2d", a.layout, a.variance_method, a.sync_rule);
   const char* layout_name = a.layout == Layout::NCHW ? "(N, C, H, W)" : "(N, H, W, C)";
@@ -92,13 +96,22 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     fail("batch_norm2d: running statistics are needed when not using batch statistics (input {})", x.shape());
   if (a.momentum >= 0 && (!running_mean.defined() || !running_var.defined()))
     fail("batch_norm2d: a running-statistics update needs running_mean and running_var (input {})", x.shape());
-  std::vector<Tensor> inputs{x};  // what the gradient flows into
-  if (a.affine_grad) inputs.insert(inputs.end(), {weight, bias});
   if (a.inplace && autograd::needs_grad(inputs))
     fail("batch_norm2d: inplace=true overwrites the input {}, so no gradient can flow through it "
          "(run inference under NoGradGuard, or set inplace=false)", x.shape());
   if (a.inplace && !x.is_contiguous())
     fail("batch_norm2d: inplace=true needs a contiguous input, got {} with strides {}", x.shape(), x.strides());
+}
+
+}  // namespace
+
+Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
+                    const Tensor& running_var, const BatchNormArgs& a) {
+  std::vector<Tensor> inputs{x};  // what the gradient flows into
+  if (a.affine_grad) inputs.insert(inputs.end(), {weight, bias});
+  check_args(x, weight, bias, running_mean, running_var, a, inputs);
+  const int64_t N = x.size(0), C = a.layout == Layout::NCHW ? x.size(1) : x.size(3);
+  const int64_t HW = a.layout == Layout::NCHW ? x.size(2) * x.size(3) : x.size(1) * x.size(2);
   if (a.pool) {
     if (a.layout != Layout::NCHW)
       fail("batch_norm2d: pool=true pools (N, C, H, W) planes, but the input {} is NHWC (N, H, W, C)", x.shape());
