@@ -19,6 +19,10 @@
 // and with fixed (running) statistics: dx_i = dy_i * gamma * invstd.
 // Presets for PyTorch, R torch, MegEngine, BrainPy, numpy-ml and PuzzleLib:
 // batchnorm_presets.h.
+//
+// The module (batchnorm2d.cpp) runs the op batch_norm2d (batchnorm2d_op.cpp),
+// which runs the kernels: ref/batchnorm2d.h, the plain loops that define them,
+// or fast/batchnorm2d.h, the same results faster (batchnorm2d_op.h picks).
 #pragma once
 #include <algorithm>
 #include <functional>

@@ -93,7 +93,8 @@ inline void stream_fence() {
 
 // g where the fused ReLU's output r is positive, else 0 (0 also for a NaN g, as
 // ReLU's backward gives): a bit mask, since a select (r > 0 ? g : 0) kept the
-// loops around it from vectorising ("control flow in loop").
+// loops around it from vectorising ("control flow in loop"). The same bits as
+// the reference kernels' select.
 inline float relu_masked(float g, float r) {
   return std::bit_cast<float>(std::bit_cast<uint32_t>(g) & -uint32_t(r > 0));
 }
