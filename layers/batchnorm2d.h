@@ -19,17 +19,19 @@
 // and with fixed (running) statistics: dx_i = dy_i * gamma * invstd.
 // Presets for PyTorch, R torch, MegEngine, BrainPy, numpy-ml and PuzzleLib:
 // batchnorm_presets.h.
+//
+// The module (batchnorm2d.cpp) runs the op batch_norm2d (batchnorm2d_op.cpp),
+// which runs the kernels: ref/batchnorm2d.h, the plain loops that define them,
+// or fast/batchnorm2d.h, the same results faster (batchnorm2d_op.h picks).
 #pragma once
+#include <algorithm>
 #include <functional>
 
 #include "../core/process_group.h"
+#include "batchnorm_options.h"
 #include "module.h"
 
 namespace norma::nn {
-
-// Where the channel axis is: NCHW (PyTorch, MegEngine, PuzzleLib) or NHWC
-// (BrainPy, numpy-ml).
-enum class Layout { NCHW, NHWC };
 
 // The running-average weight of the new batch at the t-th training forward:
 // p_t = max(init_factor / t, min_factor).
@@ -47,23 +49,12 @@ struct MomentumRule {
   double factor(int64_t t) const { return std::max(init_factor / double(t), min_factor); }
 };
 
-// How the statistics of a batch are computed: two passes in double (accurate
-// when |mean| >> std), or BrainPy's one pass var = max(0, E[x^2] - E[x]^2).
-enum class VarianceMethod { two_pass, one_pass };
-
-// Cross-process statistics (SyncBatchNorm), used in training when a process
-// group is set; each rank passes its own shard of the batch. Formulas:
-// batchnorm_sync.h.
-// global: the statistics of the batch concatenated over the ranks, combined
-//   exactly from each rank's count, mean and centred sum of squares, so shards
-//   may differ in size; running_var uses the global unbiased variance; the
-//   backward all-reduces sum(dy) and sum(dy * xhat) and uses the global M, so
-//   gradients equal single-process training on the concatenated batch.
-// replica_average: BrainPy's axis_name: the unweighted mean over the K ranks of
-//   each rank's E[x] and E[x^2] (var = E[x^2] - E[x]^2); the unbiased factor
-//   uses the local count; the backward is this rule's exact gradient (M -> K * M_r).
-// The two agree when every shard has the same size.
-enum class SyncRule { global, replica_average };
+// The running-statistics update with p = factor(t), from a batch's mean and
+// biased var (C each) over M values; unbiased: var_hat = var * M / (M - 1).
+// In place, in float: what the op does after a training forward (batch_norm2d
+// gets p as BatchNormArgs::momentum).
+void update_running_stats(const Tensor& running_mean, const Tensor& running_var, const double* mean,
+                          const double* var, double p, double M, bool unbiased);
 
 using TensorInit = std::function<void(Tensor&)>;
 
@@ -124,63 +115,12 @@ struct BatchNormArgs {
   bool pool = false;
 };
 
-// ---- kernels on raw contiguous pointers. M = N * HW values per channel.
-// relu (forward) fuses a ReLU after the normalisation: y = max(bn(x), 0), NaN
-// giving 0 as relu does. relu (backward): dy counts only where that fused
-// output was positive (ReLU's backward, taken in the same pass), which the
-// kernels recompute from x with the forward's gamma and beta.
-// Batch statistics of each channel, in double.
-void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
-                       VarianceMethod method);
-// y = (x - mean) * invstd * gamma + beta; gamma/beta null means 1/0. y may
-// be x (in place): each element is read, then written, at the same index.
-void batchnorm2d_forward(float* y, const float* x, const double* mean, const double* invstd, const float* gamma,
-                         const float* beta, int64_t N, int64_t C, int64_t HW, Layout layout, bool relu = false);
-// The training forward of one process: batchnorm2d_stats, invstd = 1 / sqrt(var + eps),
-// then batchnorm2d_forward, with the same results; NCHW goes channel by channel
-// so that each channel's values are normalised while they are still in cache.
-void batchnorm2d_forward_train(float* y, double* mean, double* var, double* invstd, const float* x, const float* gamma,
-                               const float* beta, double eps, int64_t N, int64_t C, int64_t HW, Layout layout,
-                               VarianceMethod method, bool relu = false);
-// dx (may be null), dgamma and dbeta (may be null). batch_stats selects the
-// closed form above; otherwise mean/invstd were constants. NCHW with dx goes
-// channel by channel (the two sums, then dx) like batchnorm2d_forward_train.
-void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const float* x, const double* mean,
-                          const double* invstd, const float* gamma, int64_t N, int64_t C, int64_t HW, Layout layout,
-                          bool batch_stats, bool relu = false, const float* beta = nullptr);
-// The backward in two halves (what SyncBatchNorm all-reduces in between): the
-// two reductions per channel, then
-// dx = invstd * gamma * (dy - sum_dy/M - xhat * sum_dy_xhat/M) with M values
-// behind the statistics (dx = dy * gamma * invstd without batch_stats).
-void batchnorm2d_backward_reduce(double* sum_dy, double* sum_dy_xhat, const float* dy, const float* x,
-                                 const double* mean, const double* invstd, int64_t N, int64_t C, int64_t HW,
-                                 Layout layout, bool relu = false, const float* gamma = nullptr,
-                                 const float* beta = nullptr);
-void batchnorm2d_backward_dx(float* dx, const float* dy, const float* x, const double* mean, const double* invstd,
-                             const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
-                             int64_t C, int64_t HW, Layout layout, bool batch_stats, bool relu = false,
-                             const float* beta = nullptr);
-
-// With a 2x2, stride-2 max pool fused after the normalisation (and the ReLU),
-// NCHW, x (N, C, H, W): y (N, C, H/2, W/2) is max_pool2d of the normalised
-// values and arg (same shape) the max's place in each window (0-3, row by
-// row); the backward takes dy (N, C, H/2, W/2) through the pool first. The
-// same values as the kernels above followed by max_pool2d.
-void batchnorm2d_pool_forward(float* y, int32_t* arg, const float* x, const double* mean, const double* invstd,
-                              const float* gamma, const float* beta, int64_t N, int64_t C, int64_t H, int64_t W,
-                              bool relu);
-void batchnorm2d_pool_forward_train(float* y, int32_t* arg, double* mean, double* var, double* invstd, const float* x,
-                                    const float* gamma, const float* beta, double eps, int64_t N, int64_t C, int64_t H,
-                                    int64_t W, VarianceMethod method, bool relu);
-void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const float* dy, const int32_t* arg,
-                               const float* x, const double* mean, const double* invstd, const float* gamma,
-                               const float* beta, int64_t N, int64_t C, int64_t H, int64_t W, bool batch_stats,
-                               bool relu);
-
-// ---- the op. x is (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight,
-// bias (C) may be undefined (affine off); running_mean/var (C) are updated in
-// place when args.momentum >= 0, and used when !args.use_batch_stats. With
-// args.inplace the result is written over x and x is returned.
+// ---- the op (batchnorm2d_op.cpp): the reference kernels (ref/batchnorm2d.h)
+// or the fast ones (fast/batchnorm2d.h), as kernel_policy() says. x is
+// (N, C, H, W) for NCHW or (N, H, W, C) for NHWC; weight, bias (C) may be
+// undefined (affine off); running_mean/var (C) are updated in place when
+// args.momentum >= 0, and used when !args.use_batch_stats. With args.inplace
+// the result is written over x and x is returned.
 Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& running_mean,
                     const Tensor& running_var, const BatchNormArgs& args);
 
@@ -215,7 +155,8 @@ class BatchNorm2d : public Module {
   // (eval mode, or frozen): each channel's float arithmetic, which a kernel
   // fusing it elsewhere must repeat to the bit, y = ((x - hi) - lo) * scale +
   // shift, with hi + lo the running mean (SplitMean) and scale, shift as the
-  // kernels round them. False (and nothing written) where it would not.
+  // kernels round them (scale_shift; both in ref/batchnorm2d.h). False (and
+  // nothing written) where it would not.
   bool eval_affine(std::vector<float>& hi, std::vector<float>& lo, std::vector<float>& scale,
                    std::vector<float>& shift) const;
 

@@ -1,6 +1,6 @@
 // SyncBatchNorm's collectives: the batch statistics and the two backward
 // reductions of BatchNorm2d combined over a process group (the rules are
-// documented at SyncRule in batchnorm2d.h). Called by the fused op only.
+// documented at SyncRule in batchnorm_options.h). Called by the fused op only.
 //
 // Per channel, rank r holds M_r values with mean m_r and biased variance v_r.
 //   global:          M = sum M_r,  mean = sum M_r m_r / M,
@@ -10,7 +10,10 @@
 //                    var = max(0, E[x^2] - mean^2), computed for two_pass as
 //                    (1/K) sum v_r + (1/K) sum (m_r - mean)^2 (the same value, no cancellation)
 #pragma once
-#include "batchnorm2d.h"
+#include <cstdint>
+
+#include "../core/process_group.h"
+#include "batchnorm_options.h"
 
 namespace norma::nn {
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <string>
 
+#include <norma/layers/ref/batchnorm2d.h>
 #include <norma/norma.h>
 
 using namespace norma;
@@ -110,8 +111,8 @@ void forward() {
   double d = 0;
   for (const Tensor& xs : b.shard_x) {
     Tensor y = empty(xs.shape());
-    batchnorm2d_forward(y.data_ptr(), xs.data_ptr(), mean.data(), invstd.data(), b.gamma.data_ptr(),
-                        b.beta.data_ptr(), xs.size(0), C, HW, Layout::NCHW);
+    ref::batchnorm2d_forward(y.data_ptr(), xs.data_ptr(), mean.data(), invstd.data(), b.gamma.data_ptr(),
+                             b.beta.data_ptr(), xs.size(0), C, HW, Layout::NCHW);
     d = std::max(d, max_diff(y, whole.narrow(0, start, xs.size(0))));
     start += xs.size(0);
   }
