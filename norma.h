@@ -17,6 +17,7 @@
 #include "layers/bn_stats.h"
 #include "layers/dropout.h"
 #include "layers/fuse.h"
+#include "layers/fusion.h"
 #include "layers/loss.h"
 #include "layers/models.h"
 #include "layers/pooling.h"

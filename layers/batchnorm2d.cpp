@@ -158,15 +158,4 @@ std::string BatchNorm2d::extra_repr() const {
                      o.affine_ ? "True" : "False", o.track_running_stats_ ? "True" : "False");
 }
 
-bool fuses_with_relu(const Module& bn, const Module& relu) {
-  return typeid(bn) == typeid(BatchNorm2d) && typeid(relu) == typeid(ReLU);
-}
-
-bool fuses_with_relu_pool(const Module& bn, const Module& relu, const Module& pool) {
-  if (!fuses_with_relu(bn, relu) || typeid(pool) != typeid(MaxPool2d)) return false;
-  const auto& p = static_cast<const MaxPool2d&>(pool);
-  return static_cast<const BatchNorm2d&>(bn).options.layout_ == Layout::NCHW && p.kernel_size.h == 2 &&
-         p.kernel_size.w == 2 && p.stride.h == 2 && p.stride.w == 2 && p.padding.h == 0 && p.padding.w == 0;
-}
-
 }  // namespace norma::nn

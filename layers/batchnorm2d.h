@@ -171,24 +171,4 @@ class BatchNorm2d : public Module {
   Tensor forward_impl(const Tensor& x, bool relu, bool pool = false);
 };
 
-// Whether `bn` then `relu` run as one op, bn.forward_relu(x): bn is exactly a
-// BatchNorm2d and relu exactly a ReLU (a subclass may override forward).
-// nn::Sequential and nn::BasicBlock fuse such pairs.
-bool fuses_with_relu(const Module& bn, const Module& relu);
-// Whether `bn`, `relu` and `pool` run as one op, bn.forward_relu_pool(x): the
-// pair above, bn NCHW, and pool exactly a MaxPool2d of 2x2 windows, stride 2,
-// no padding. nn::Sequential fuses such triples.
-bool fuses_with_relu_pool(const Module& bn, const Module& relu, const Module& pool);
-// relu(bn(conv(x))), max-pooled 2x2 when pool is not null, in one pass for
-// inference (layers/fuse.cpp): the BatchNorm2d's eval-mode arithmetic runs as
-// the convolution writes its output (ConvEpilogue), which is never written
-// itself. Bit for bit what the modules give one after the other. An undefined
-// Tensor where that does not apply, and the caller runs them one by one: conv
-// not exactly a Conv2d with a fused kernel for this input (conv2d_epilogue_applies),
-// bn not as fuses_with_relu(_pool) wants or not on running statistics
-// (BatchNorm2d::eval_affine), a gradient to record, or anomaly detection on
-// (it checks each op's output by name). nn::Sequential uses it.
-Tensor conv_bn_relu_eval(const Module& conv, const Module& bn, const Module& relu, const Module* pool,
-                         const Tensor& x);
-
 }  // namespace norma::nn

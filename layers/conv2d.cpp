@@ -56,8 +56,6 @@ bool conv2d_winograd_applies(const ConvShape& s) {
 // (scripts/winograd_error.py), but on all-randn data, as the golden fixtures
 // are made, it reached 1.9x that tolerance at 16 channels where F(4x2) stayed
 // at 0.9, and failed conv_winograd_pad0_odd.
-int conv2d_winograd_row_tile(int64_t summed) { return summed <= kernel_policy().winograd_f44_channels ? 4 : 2; }
-
 bool conv2d_direct_applies(const ConvShape& s) {
   // KernelPolicy::direct_conv off (NORMA_DIRECT_CONV=0): to measure what it buys, or to rule it out.
   const bool enabled = kernel_policy().fast && kernel_policy().direct_conv;
@@ -93,10 +91,15 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
 }
 
 bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
+#if NORMA_FAST_KERNELS
   // The pool only on F(4x2) tiles: where conv2d_forward would take F(4x4)
   // (NORMA_WINOGRAD_F44), F(4x2) would round differently from it.
-  if (conv2d_winograd_applies(s)) return !pool || conv2d_winograd_row_tile(s.C) == 2;
+  if (conv2d_winograd_applies(s)) return !pool || fast::winograd_row_tile(s.C) == 2;
   return !pool && conv2d_direct_applies(s) && s.OW % 32 == 0;
+#else
+  (void)s, (void)pool;
+  return false;
+#endif
 }
 
 void conv2d_forward_epilogue(float* y, const float* x, const float* w, const float* b, const ConvShape& s,

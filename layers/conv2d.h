@@ -17,21 +17,10 @@
 // x.permute({0, 3, 1, 2})); conv2d then copies it to contiguous NCHW.
 #pragma once
 #include "module.h"
+#include "ref/conv2d.h"
 
 namespace norma::nn {
 
-// A size for each spatial dim; an int means the same for both.
-struct Size2 {
-  Size2(int64_t v) : h(v), w(v) {}  // NOLINT: implicit, like libtorch's ExpandingArray
-  Size2(int64_t h, int64_t w) : h(h), w(w) {}
-  int64_t h, w;
-};
-
-// Every size a conv2d kernel needs, validated once (letters: N batch, C input
-// channels, H/W input height/width, K output channels, OH/OW output size).
-struct ConvShape {
-  int64_t N, C, H, W, K, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW;
-};
 ConvShape conv2d_shape(const Shape& x, const Shape& weight, Size2 stride, Size2 padding, Size2 dilation,
                        int64_t groups);
 
@@ -44,24 +33,14 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
 
 // Whether conv2d_forward and conv2d_backward take the Winograd kernels for s
 // (KernelPolicy::fast and ::winograd; 3x3, stride 1, dilation 1, one group,
-// padding <= 2, at least 16 channels in and out), and the outputs per tile
-// along a row for a sum over so many channels: 4 (F(4x4), for sums over at
-// most KernelPolicy::winograd_f44_channels) or 2 (F(4x2)).
+// padding <= 2, at least 16 channels in and out).
 bool conv2d_winograd_applies(const ConvShape& s);
-int conv2d_winograd_row_tile(int64_t summed_channels);
 // Whether they take the direct kernels (KernelPolicy::fast and ::direct_conv;
 // stride 1, one group, C*kh*kw <= 64): the forward and dw; dx stays on im2col.
 bool conv2d_direct_applies(const ConvShape& s);
 
 // ---- an eval-mode BatchNorm2d and a ReLU (and a 2x2 max pool) applied as the
-// output is written, for inference: each output v of channel k becomes
-// relu(((v - hi[k]) - lo[k]) * scale[k] + shift[k]) (BatchNorm2d::eval_affine's
-// coefficients, the same float arithmetic as its kernels), then, with pool,
-// the max of each 2x2 window (stride 2); y is then (N, K, OH / 2, OW / 2).
-struct ConvEpilogue {
-  const float *hi, *lo, *scale, *shift;  // K each
-  bool pool = false;
-};
+// output is written (ConvEpilogue, layers/ref/conv2d.h), for inference.
 // Whether conv2d_forward_epilogue can run s: the Winograd path (with the
 // pool, where it takes F(4x2) tiles), or the direct path over whole rows
 // (without it). Always false with the fast kernels off: there is no

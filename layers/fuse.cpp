@@ -9,30 +9,6 @@
 
 namespace norma::nn {
 
-Tensor conv_bn_relu_eval(const Module& conv_m, const Module& bn_m, const Module& relu, const Module* pool,
-                         const Tensor& x) {
-  if (typeid(conv_m) != typeid(Conv2d) || !fuses_with_relu(bn_m, relu) ||
-      (pool && !fuses_with_relu_pool(bn_m, relu, *pool)) || !x.defined() || x.dim() != 4)
-    return {};
-  const auto& conv = static_cast<const Conv2d&>(conv_m);
-  const auto& bn = static_cast<const BatchNorm2d&>(bn_m);
-  const Conv2dOptions& o = conv.options;
-  // With anomaly detection on, every op's output is checked under its name: run them one by one.
-  if (autograd::needs_grad({x, conv.weight, conv.bias, bn.weight, bn.bias}) || autograd::is_anomaly_enabled() ||
-      bn.options.num_features_ != o.out_channels_)
-    return {};
-  std::vector<float> hi, lo, scale, shift;
-  if (!bn.eval_affine(hi, lo, scale, shift)) return {};
-  const ConvShape s = conv2d_shape(x.shape(), conv.weight.shape(), o.stride_, o.padding_, o.dilation_, o.groups_);
-  if (!conv2d_epilogue_applies(s, pool) || (pool && (s.OH < 2 || s.OW < 2))) return {};  // the pool reports those
-  Tensor xc = x.contiguous(), wc = conv.weight.contiguous();
-  Tensor bc = conv.bias.defined() ? conv.bias.contiguous() : Tensor();
-  Tensor y = pool ? empty({s.N, s.K, s.OH / 2, s.OW / 2}) : empty({s.N, s.K, s.OH, s.OW});
-  conv2d_forward_epilogue(y.data_ptr(), xc.data_ptr(), wc.data_ptr(), bc.defined() ? bc.data_ptr() : nullptr, s,
-                          ConvEpilogue{hi.data(), lo.data(), scale.data(), shift.data(), pool != nullptr});
-  return y;
-}
-
 std::shared_ptr<Conv2d> fuse_conv_bn(const Conv2d& conv, const BatchNorm2d& bn) {
   const BatchNorm2dOptions& o = bn.options;
   const int64_t K = conv.options.out_channels_;

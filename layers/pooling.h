@@ -20,32 +20,14 @@
 #pragma once
 #include <optional>
 
-#include "conv2d.h"  // Size2
 #include "module.h"
+#include "ref/conv2d.h"  // Size2
+#include "ref/pool2d.h"  // PoolShape
 
 namespace norma::nn {
 
-// Every size a pooling kernel needs, validated once by pool2d_shape.
-struct PoolShape {
-  int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW;
-};
 // `op` names the caller in errors. stride nullopt means stride = kernel.
 PoolShape pool2d_shape(const char* op, const Shape& x, Size2 kernel, std::optional<Size2> stride, Size2 padding);
-
-// The max of a 2x2 window's four values (row by row) as max_pool2d chooses it:
-// a strictly larger value takes over, so ties keep the first, and a NaN wins.
-// Returns its place (0-3). Selects, no branches: the loops that call it
-// vectorise (max_pool2d's 2x2 kernel, and BatchNorm2d's fused pool).
-inline int max_of_window(const float (&v)[4], float& best) {
-  best = v[0];
-  int a = 0;
-  for (int j = 1; j < 4; ++j) {
-    const bool take = v[j] > best || v[j] != v[j];
-    best = take ? v[j] : best;
-    a = take ? j : a;
-  }
-  return a;
-}
 
 // ---- ops: x (N, C, H, W) -> (N, C, OH, OW)
 Tensor max_pool2d(const Tensor& x, Size2 kernel_size, std::optional<Size2> stride = std::nullopt,

@@ -3,7 +3,7 @@
 #pragma once
 #include <initializer_list>
 
-#include "batchnorm2d.h"
+#include "fusion.h"
 #include "module.h"
 
 namespace norma::nn {
@@ -24,36 +24,11 @@ class Sequential : public Module {
   std::shared_ptr<M> push_back(const std::string& name, std::shared_ptr<M> m) {
     register_module(name, m);
     modules_.push_back(m);
+    plan_ = plan_fusion(modules_);
     return m;
   }
-  // A BatchNorm2d followed by a ReLU runs as one op (fuses_with_relu): one
-  // pass over the activations each way instead of two; so does such a pair
-  // followed by a 2x2 MaxPool2d (fuses_with_relu_pool), whose full-size
-  // output is then never written. For inference (no gradient to record, the
-  // BatchNorm2d on running statistics) a Conv2d before them joins in
-  // (conv_bn_relu_eval): its output is never written either.
-  Tensor forward(const Tensor& x) override {
-    Tensor h = x;
-    const size_t n = modules_.size();
-    for (size_t i = 0; i < n; ++i) {
-      if (i + 2 < n) {
-        const Module* pool = i + 3 < n ? modules_[i + 3].get() : nullptr;
-        if (pool && !fuses_with_relu_pool(*modules_[i + 1], *modules_[i + 2], *pool)) pool = nullptr;
-        Tensor y = conv_bn_relu_eval(*modules_[i], *modules_[i + 1], *modules_[i + 2], pool, h);
-        if (y.defined()) {
-          h = y, i += pool ? 3 : 2;
-          continue;
-        }
-      }
-      if (i + 2 < n && fuses_with_relu_pool(*modules_[i], *modules_[i + 1], *modules_[i + 2]))
-        h = static_cast<BatchNorm2d&>(*modules_[i]).forward_relu_pool(h), i += 2;
-      else if (i + 1 < n && fuses_with_relu(*modules_[i], *modules_[i + 1]))
-        h = static_cast<BatchNorm2d&>(*modules_[i++]).forward_relu(h);
-      else
-        h = modules_[i]->forward(h);
-    }
-    return h;
-  }
+  // The children in order, some runs of them as one fused op (fusion.h).
+  Tensor forward(const Tensor& x) override { return run_fused(modules_, plan_, x); }
   size_t size() const { return modules_.size(); }
   const ModulePtr& operator[](size_t i) const {
     if (i >= modules_.size()) fail("Sequential: index {} is out of range for {} modules", i, modules_.size());
@@ -63,6 +38,7 @@ class Sequential : public Module {
 
  private:
   std::vector<ModulePtr> modules_;
+  std::vector<FusedStep> plan_;  // how forward runs modules_
 };
 
 }  // namespace norma::nn

@@ -184,7 +184,6 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the reference forw
       const bool bias = c.N != 1;
       const Problem p(Case{c.N, c.C, c.H, c.W, c.K, 3, 3, 1, 1, c.ph, c.pw, 1, 1, 1, bias});
       REQUIRE(conv2d_winograd_applies(p.s));
-      CAPTURE(conv2d_winograd_row_tile(p.s.C), conv2d_winograd_row_tile(p.s.K));
       const Result got = run_dispatched(p);
       check_close(got, run_ref(p), p, 1e-4, 1e-5);
       // dx alone and dw alone (a frozen weight, an input that needs no

@@ -5,7 +5,9 @@
 
 #include <norma/layers/activation.h>
 #include <norma/layers/fast/conv2d.h>
+#include <norma/core/kernel_policy.h>
 #include <norma/layers/fuse.h>
+#include <norma/layers/fusion.h>
 #include <norma/layers/loss.h>
 #include <norma/layers/models.h>
 #include <norma/layers/pooling.h>
@@ -212,11 +214,15 @@ TEST_CASE("Sequential: Conv2d + BatchNorm2d + ReLU (+ pool) fused for inference 
     Tensor x = randn({c.N, c.Cin, c.H, c.W});
     NoGradGuard g;
     const ConvShape s = conv2d_shape(x.shape(), conv->weight.shape(), 1, c.pad, 1, 1);
+#if NORMA_FAST_KERNELS
     // Everywhere but the pool on F(4x4) tiles (ctest runs this again with NORMA_WINOGRAD_F44=32).
-    const bool f44_pool = c.pool && conv2d_winograd_applies(s) && conv2d_winograd_row_tile(c.Cin) == 4;
-    CHECK(conv2d_epilogue_applies(s, c.pool) == !f44_pool);
-    Tensor fused = conv_bn_relu_eval(*conv, *bn, *model[2], c.pool ? model[3].get() : nullptr, x);
-    CHECK(fused.defined() == !f44_pool);  // the fused kernel really ran
+    const bool fuses = !(c.pool && conv2d_winograd_applies(s) && fast::winograd_row_tile(c.Cin) == 4);
+#else
+    const bool fuses = false;  // the epilogue is a fast kernel: without them the ops run one by one
+#endif
+    CHECK(conv2d_epilogue_applies(s, c.pool) == fuses);
+    Tensor fused = conv_bn_relu_eval(*conv, *bn, x, c.pool);
+    CHECK(fused.defined() == fuses);  // the fused kernel really ran
     const Tensor want = one_by_one(model, x);
     if (fused.defined()) CHECK(fused.to_vector() == want.to_vector());
     CHECK(model.forward(x).to_vector() == want.to_vector());
@@ -231,22 +237,22 @@ TEST_CASE("Sequential: no inference fusion where a graph is recorded, in trainin
   auto relu = std::make_shared<ReLU>();
   Tensor x = randn({2, 16, 8, 8});
   bn->eval();
-  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());  // weights require grad
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, x, false).defined());  // weights require grad
   {
     NoGradGuard g;
-    CHECK(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());
+    CHECK(conv_bn_relu_eval(*conv, *bn, x, false).defined() == fast_kernels_built());
     autograd::DetectAnomalyGuard anomaly;  // each op's output checked by name: one by one
-    CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());
+    CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, x, false).defined());
   }
   NoGradGuard g;
   bn->train();
-  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, *relu, nullptr, x).defined());  // batch statistics
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *bn, x, false).defined());  // batch statistics
   auto no_stats = std::make_shared<BatchNorm2d>(BatchNorm2dOptions(16).track_running_stats(false));
   no_stats->eval();
-  CHECK_FALSE(conv_bn_relu_eval(*conv, *no_stats, *relu, nullptr, x).defined());
+  CHECK_FALSE(conv_bn_relu_eval(*conv, *no_stats, x, false).defined());
   bn->eval();
   auto strided = std::make_shared<Conv2d>(Conv2dOptions(16, 16, 3).padding(1).stride(2));  // no fused kernel
-  CHECK_FALSE(conv_bn_relu_eval(*strided, *bn, *relu, nullptr, x).defined());
+  CHECK_FALSE(conv_bn_relu_eval(*strided, *bn, x, false).defined());
 }
 
 TEST_CASE("conv2d: the fused inference epilogue refuses convolutions it has no kernel for") {

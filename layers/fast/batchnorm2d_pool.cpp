@@ -9,7 +9,7 @@
 
 #include "../../core/allocator.h"
 #include "../../core/iter.h"
-#include "../pooling.h"
+#include "../ref/pool2d.h"
 #include "batchnorm2d.h"
 #include "batchnorm2d_passes.h"
 

@@ -7,7 +7,7 @@
 // Letters as in layers/conv2d.h. Every kernel takes raw contiguous NCHW
 // pointers; b may be null; outputs are overwritten.
 #pragma once
-#include "../conv2d.h"
+#include "../ref/conv2d.h"
 
 namespace norma::nn::fast {
 
@@ -25,9 +25,12 @@ void conv2d_im2col_backward(float* dx, float* dw, const float* dy, const float* 
 // conv2d_winograd_applies: 3x3, stride 1, dilation 1, one group, padding <= 2,
 // at least 16 channels in and out. The forward and dx convolutions summing at
 // most KernelPolicy::winograd_f44_channels channels take F(4x4) tiles
-// (conv2d_winograd_row_tile): 4x fewer multiplies than direct convolution, but
+// (winograd_row_tile): 4x fewer multiplies than direct convolution, but
 // 2-3x F(4x2)'s float32 error; dw stays on F(4x2). e: the inference epilogue,
 // with the pool only on F(4x2) tiles.
+// The outputs per tile along a row for a sum over so many channels: 4 (F(4x4))
+// or 2 (F(4x2)).
+int winograd_row_tile(int64_t summed_channels);
 void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                              const ConvEpilogue* e = nullptr);
 // dx and dw (either may be null); db is the caller's.

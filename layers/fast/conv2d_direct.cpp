@@ -24,6 +24,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../../core/tensor.h"
 #include "../../core/iter.h"
 #include "conv2d.h"
 

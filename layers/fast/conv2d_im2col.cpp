@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <optional>
 
+#include "../../core/tensor.h"
 #include "../../core/blas_threads.h"
 #include "conv2d.h"
 

@@ -5,7 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#include "../pooling.h"
+#include "../ref/pool2d.h"
 
 namespace norma::nn::fast {
 

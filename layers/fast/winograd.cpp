@@ -8,7 +8,9 @@
 #include <optional>
 #include <vector>
 
+#include "../../core/tensor.h"
 #include "../../core/blas_threads.h"
+#include "../../core/kernel_policy.h"
 #include "conv2d.h"
 #include "winograd.h"
 
@@ -91,10 +93,11 @@ void winograd_conv(float* y, const float* x, const float* U, const float* bias, 
 
 }  // namespace
 
+int winograd_row_tile(int64_t summed) { return summed <= kernel_policy().winograd_f44_channels ? 4 : 2; }
 
 void conv2d_winograd_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                              const ConvEpilogue* e) {
-  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, e && e->pool ? 2 : conv2d_winograd_row_tile(s.C));
+  const Geom g = geom(s.N, s.C, s.K, s.H, s.W, s.ph, s.pw, e && e->pool ? 2 : winograd_row_tile(s.C));
   Tensor U = empty({g.xi() * s.K * s.C});
   filter_transform(U.data_ptr(), w, s.K, s.C, false, g.tw);
   winograd_conv(y, x, U.data_ptr(), b, g, e);
@@ -103,7 +106,7 @@ void conv2d_winograd_forward(float* y, const float* x, const float* w, const flo
 void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
                               const ConvShape& s) {
   if (dx) {  // dx = dy convolved with the flipped, channel-swapped filters, padding 2 - p
-    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw, conv2d_winograd_row_tile(s.K));
+    const Geom gx = geom(s.N, s.K, s.C, s.OH, s.OW, 2 - s.ph, 2 - s.pw, winograd_row_tile(s.K));
     Tensor U = empty({gx.xi() * s.C * s.K});
     filter_transform(U.data_ptr(), w, s.K, s.C, true, gx.tw);
     winograd_conv(dx, dy, U.data_ptr(), nullptr, gx);

@@ -31,7 +31,7 @@
 //
 // F(4x4, 3x3), Y = A4^T [ (G4 g G4^T) .* (B4^T d B4) ] A4 on 6x6 input tiles:
 // 36 multiplies per 16 outputs, a quarter fewer again, but 2-3x F(4x2)'s
-// error. So it is opt-in (NORMA_WINOGRAD_F44, conv2d_winograd_row_tile), and
+// error. So it is opt-in (NORMA_WINOGRAD_F44, winograd_row_tile), and
 // only for the forward and dx convolutions: dw, whose sums run over every tile
 // of the batch, keeps F(4x2).
 //
@@ -58,7 +58,7 @@
 #include <cstdint>
 
 #include "../../core/iter.h"
-#include "../conv2d.h"
+#include "../ref/conv2d.h"
 
 namespace norma::nn::fast::winograd {
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <vector>
 
-#include "../pooling.h"  // max_of_window
+#include "pool2d.h"  // max_of_window
 
 namespace norma::nn::ref {
 

@@ -6,9 +6,36 @@
 // and backward, with col2im the adjoint of im2col:
 //   dW_g += dy[n, g] @ col^T    dcol = W_g^T @ dy[n, g]    dx[n, g] = col2im(dcol)
 //   db[k] = the sum of dy[:, k]
-// Letters as in layers/conv2d.h. Raw contiguous NCHW pointers.
+// Raw contiguous NCHW pointers. The shapes and the epilogue are declared here,
+// below the op and the module (layers/conv2d.h), so the kernels need nothing above them.
 #pragma once
-#include "../conv2d.h"
+#include <cstdint>
+
+namespace norma::nn {
+
+// A size for each spatial dim; an int means the same for both.
+struct Size2 {
+  Size2(int64_t v) : h(v), w(v) {}  // NOLINT: implicit, like libtorch's ExpandingArray
+  Size2(int64_t h, int64_t w) : h(h), w(w) {}
+  int64_t h, w;
+};
+
+// Every size a conv2d kernel needs, validated once (letters: N batch, C input
+// channels, H/W input height/width, K output channels, OH/OW output size).
+struct ConvShape {
+  int64_t N, C, H, W, K, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW;
+};
+// An eval-mode BatchNorm2d and a ReLU (and a 2x2 max pool) applied as the
+// output is written, for inference: each output v of channel k becomes
+// relu(((v - hi[k]) - lo[k]) * scale[k] + shift[k]) (BatchNorm2d::eval_affine's
+// coefficients, the same float arithmetic as its kernels), then, with pool,
+// the max of each 2x2 window (stride 2); y is then (N, K, OH / 2, OW / 2).
+struct ConvEpilogue {
+  const float *hi, *lo, *scale, *shift;  // K each
+  bool pool = false;
+};
+
+}  // namespace norma::nn
 
 namespace norma::nn::ref {
 

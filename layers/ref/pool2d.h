@@ -3,7 +3,31 @@
 // (layers/fast/maxpool2x2.h) must equal, and what runs for every other pool.
 // Raw contiguous NCHW pointers; backwards overwrite dx.
 #pragma once
-#include "../pooling.h"
+#include <cstdint>
+
+namespace norma::nn {
+
+// Every size a pooling kernel needs, validated once by pool2d_shape (layers/pooling.h).
+struct PoolShape {
+  int64_t N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW;
+};
+
+// The max of a 2x2 window's four values (row by row) as max_pool2d chooses it:
+// a strictly larger value takes over, so ties keep the first, and a NaN wins.
+// Returns its place (0-3). Selects, no branches: the loops that call it
+// vectorise (max_pool2d's 2x2 kernel, and BatchNorm2d's fused pool).
+inline int max_of_window(const float (&v)[4], float& best) {
+  best = v[0];
+  int a = 0;
+  for (int j = 1; j < 4; ++j) {
+    const bool take = v[j] > best || v[j] != v[j];
+    best = take ? v[j] : best;
+    a = take ? j : a;
+  }
+  return a;
+}
+
+}  // namespace norma::nn
 
 namespace norma::nn::ref {
 
