@@ -3,6 +3,7 @@
 #include <fmt/ranges.h>
 
 #include "../core/autograd.h"
+#include "fusion.h"
 #include "activation.h"
 #include "batchnorm2d.h"
 #include "conv2d.h"
@@ -33,6 +34,32 @@ std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>&
   return m;
 }
 
+CifarSmall::CifarSmall(const std::function<ModulePtr(int64_t)>& bn) {
+  auto conv = [&](const char* name, int64_t in, int64_t out) {
+    return register_module(name, std::make_shared<Conv2d>(Conv2dOptions(in, out, 3).padding(1).bias(false)));
+  };
+  auto norm = [&](const char* name, int64_t c) {
+    auto m = std::dynamic_pointer_cast<BatchNorm2d>(bn ? bn(c) : std::make_shared<BatchNorm2d>(c));
+    if (!m) fail("CifarSmall: the norm factory must make a BatchNorm2d (for {} channels)", c);
+    return register_module(name, m);
+  };
+  conv1 = conv("conv1", 3, 32), bn1 = norm("bn1", 32);
+  conv2 = conv("conv2", 32, 32), bn2 = norm("bn2", 32);
+  conv3 = conv("conv3", 32, 64), bn3 = norm("bn3", 64);
+  conv4 = conv("conv4", 64, 64), bn4 = norm("bn4", 64);
+  conv5 = conv("conv5", 64, 128), bn5 = norm("bn5", 128);
+  fc = register_module("fc", std::make_shared<Linear>(2048, 10));
+}
+
+Tensor CifarSmall::forward(const Tensor& x) {
+  Tensor h = conv_bn_relu(*conv1, *bn1, x);            // (N, 32, 32, 32)
+  h = conv_bn_relu(*conv2, *bn2, h, /*pool=*/true);    // (N, 32, 16, 16)
+  h = conv_bn_relu(*conv3, *bn3, h);                   // (N, 64, 16, 16)
+  h = conv_bn_relu(*conv4, *bn4, h, /*pool=*/true);    // (N, 64, 8, 8)
+  h = conv_bn_relu(*conv5, *bn5, h, /*pool=*/true);    // (N, 128, 4, 4)
+  return fc->forward(h.flatten(1));
+}
+
 std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn) {
   auto m = std::make_shared<Sequential>();
   m->push_back(std::make_shared<Conv2d>(Conv2dOptions(3, 16, 3).padding(1).bias(false)));
@@ -48,12 +75,13 @@ std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn)
 }
 
 const std::vector<std::string>& model_names() {
-  static const std::vector<std::string> names{"cifar-small", "resnet8"};
+  static const std::vector<std::string> names{"cifar-small", "cifar-small-class", "resnet8"};
   return names;
 }
 
 std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn) {
   if (name == "cifar-small") return cifar_small(bn);
+  if (name == "cifar-small-class") return std::make_shared<CifarSmall>(bn);
   if (name == "resnet8") return resnet8(bn);
   fail("make_model: unknown model '{}'; accepted names: {}", name, fmt::join(model_names(), ", "));
 }

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "conv2d.h"
+#include "linear.h"
 #include "sequential.h"
 
 namespace norma::nn {
@@ -17,6 +19,21 @@ namespace norma::nn {
 // `bn` makes each BatchNorm2d from its channel count (e.g. a preset); null means PyTorch's.
 std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>& bn = nullptr);
 
+// cifar-small as a class of its own, written the way docs/custom_models.md
+// teaches: the same layers as cifar_small(), registered as conv1..conv5,
+// bn1..bn5 and fc; its forward calls the fused ops (fusion.h) itself, so it
+// runs what the Sequential runs. `bn` as for cifar_small (it must make a BatchNorm2d).
+class CifarSmall : public Module {
+ public:
+  explicit CifarSmall(const std::function<ModulePtr(int64_t)>& bn = nullptr);
+  Tensor forward(const Tensor& x) override;  // x (N, 3, 32, 32) -> logits (N, 10)
+  std::string name() const override { return "CifarSmall"; }
+
+  std::shared_ptr<Conv2d> conv1, conv2, conv3, conv4, conv5;  // 3x3, padding 1, no bias: 3->32->32->64->64->128
+  std::shared_ptr<BatchNorm2d> bn1, bn2, bn3, bn4, bn5;       // one per conv
+  std::shared_ptr<Linear> fc;                                 // weight (10, 2048)
+};
+
 // resnet8: the CIFAR ResNet of He et al. (2016) with one BasicBlock per stage
 // (8 weight layers, 78,042 parameters), for 3x32x32 inputs. As a PyTorch nn.Sequential:
 // [0] Conv2d(3,16,3,p=1,bias=False) [1] BatchNorm2d(16) [2] ReLU
@@ -25,7 +42,8 @@ std::shared_ptr<Sequential> cifar_small(const std::function<ModulePtr(int64_t)>&
 // (BasicBlock in layers/residual.h, names as torchvision's: "4.downsample.0.weight").
 std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn = nullptr);
 
-// The models above by name: "cifar-small" or "resnet8" (model_names()); any
+// The models above by name: "cifar-small", "cifar-small-class" (CifarSmall)
+// or "resnet8" (model_names()); any
 // other name is an error listing the accepted ones.
 std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn = nullptr);
 const std::vector<std::string>& model_names();

@@ -102,7 +102,7 @@ TEST_CASE("errors: the trainer names a bad optimizer, schedule or batch size") {
   CHECK_THAT(msg([](auto& c) { c.schedule = "linear"; }),
              Contains("--schedule: 'linear' is not one of onecycle, cosine, step, constant"));
   CHECK_THAT(msg([](auto& c) { c.batch_size = 32; }), Contains("--batch-size: 32 x 1 process(es) is more than the 20 training images"));
-  CHECK_THAT(msg([](auto& c) { c.model = "vgg"; }), Contains("make_model: unknown model 'vgg'; accepted names: cifar-small, resnet8"));
+  CHECK_THAT(msg([](auto& c) { c.model = "vgg"; }), Contains("make_model: unknown model 'vgg'; accepted names: cifar-small, cifar-small-class, resnet8"));
 }
 
 TEST_CASE("errors: --resume refuses other settings, naming the setting and both values") {
@@ -207,6 +207,21 @@ TEST_CASE("errors: evaluate_checkpoint and run_bench check their configs") {
   b = app::BenchConfig();
   b.threads = -2;
   CHECK_THAT(error_of([&] { app::run_bench(b); }), Contains("--threads: must be >= 1, got -2"));
+}
+
+TEST_CASE("errors: --fuse-bn needs a Sequential, and CifarSmall a BatchNorm2d") {
+  TempDir dir("errors_fuse_bn");
+  nn::CifarSmall model;
+  nn::save(model, dir.file("class.safetensors"));
+  app::EvalConfig e;
+  e.checkpoint = dir.file("class.safetensors");
+  e.model = "cifar-small-class";
+  e.fuse_bn = true;
+  CHECK_THAT(error_of([&] { app::evaluate_checkpoint(e); }),
+             Contains("--fuse-bn: model 'cifar-small-class' is not a Sequential, so its Conv2d+BatchNorm2d pairs "
+                      "cannot be folded"));
+  CHECK_THAT(error_of([] { nn::CifarSmall bad([](int64_t) { return std::make_shared<nn::ReLU>(); }); }),
+             Contains("CifarSmall: the norm factory must make a BatchNorm2d (for 32 channels)"));
 }
 
 TEST_CASE("errors: norma exits 2 for an unknown command, CLI11's code for a bad flag and 1 for a runtime error") {

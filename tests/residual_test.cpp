@@ -219,7 +219,7 @@ TEST_CASE("residual: resnet8 runs, summarises, and trains on a fixed batch") {
 }
 
 TEST_CASE("residual: make_model builds every model by name and lists them on error") {
-  CHECK(model_names() == std::vector<std::string>{"cifar-small", "resnet8"});
+  CHECK(model_names() == std::vector<std::string>{"cifar-small", "cifar-small-class", "resnet8"});
   for (const std::string& n : model_names()) {
     CAPTURE(n);
     auto m = make_model(n);
@@ -238,7 +238,7 @@ TEST_CASE("residual: make_model builds every model by name and lists them on err
     CHECK(made == (n == "resnet8" ? 1 + 2 + 3 + 3 : 5));
   }
   CHECK_THROWS_WITH(make_model("resnet18"),
-                    "make_model: unknown model 'resnet18'; accepted names: cifar-small, resnet8");
+                    "make_model: unknown model 'resnet18'; accepted names: cifar-small, cifar-small-class, resnet8");
 }
 
 TEST_CASE("residual: BasicBlock errors") {
