@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include <norma/apps/checkpoint.h>
+#include <norma/core/kernel_policy.h>
 #include <norma/norma.h>
 
 #include "cifar_synth.h"
@@ -280,6 +281,11 @@ TEST_CASE("cli: --resume refuses a checkpoint from a run with other settings") {
 }
 
 TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and eval agrees") {
+  // On the reference kernels alone (-DNORMA_FAST_KERNELS=OFF) training runs
+  // about 13x slower: there, 5,000 images and 2,000 test images, and 30%
+  // (33.2% measured; 10% is chance).
+  const bool fast = fast_kernels_built();
+  const std::string limits = fast ? "--limit 10000" : "--limit 5000 --test-limit 2000";
   const fs::path real = fs::path(NORMA_SOURCE_DIR) / ".." / "shared" / "cifar10" / "cifar-10-batches-bin";
   if (!fs::exists(real / "data_batch_1.bin")) {
     WARN("skipped: no CIFAR-10 at " << real.string());
@@ -287,15 +293,15 @@ TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and
   }
   const fs::path w = workdir("real", 1, 1);
   // --tta none: flip TTA would double both evaluations of 10,000 images in CI.
-  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 --limit 10000 --lr 0.02 --tta none --quiet --json "
-                                         "--checkpoint {}/ck.safetensors", real.string(), w.string()));
+  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 {} --lr 0.02 --tta none --quiet --json "
+                                         "--checkpoint {}/ck.safetensors", real.string(), limits, w.string()));
   INFO(r.err);
   REQUIRE(r.code == 0);
   const json j = r.last_json();
   INFO(j.dump());
-  CHECK(j["test_acc"].get<double>() >= 0.40);
-  const Run e = norma_cli(w, fmt::format("eval --data {} --checkpoint {}/ck.safetensors --tta none --json", real.string(),
-                                         w.string()));
+  CHECK(j["test_acc"].get<double>() >= (fast ? 0.40 : 0.30));
+  const Run e = norma_cli(w, fmt::format("eval --data {} --checkpoint {}/ck.safetensors --tta none --json {}",
+                                         real.string(), w.string(), fast ? "" : "--limit 2000"));
   REQUIRE(e.code == 0);
   CHECK(e.last_json()["test_acc"] == j["test_acc"]);
   fs::remove_all(w);
