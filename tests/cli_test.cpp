@@ -284,7 +284,7 @@ TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and
   // On the reference kernels alone (-DNORMA_FAST_KERNELS=OFF) training runs
   // about 13x slower: there, 5,000 images and 2,000 test images, and 30%
   // (33.2% measured; 10% is chance).
-  const bool fast = fast_kernels_built();
+  const bool fast = norma::fast_kernels_built();
   const std::string limits = fast ? "--limit 10000" : "--limit 5000 --test-limit 2000";
   const fs::path real = fs::path(NORMA_SOURCE_DIR) / ".." / "shared" / "cifar10" / "cifar-10-batches-bin";
   if (!fs::exists(real / "data_batch_1.bin")) {
