@@ -13,8 +13,8 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
-#include <norma/core/mpi_process_group.h>
-#include <norma/core/process_group.h>
+#include <norma/core/dist/mpi_process_group.h>
+#include <norma/core/dist/process_group.h>
 #include <norma/data/download.h>
 #include <norma/norma.h>
 

@@ -19,9 +19,9 @@
 #include <nlohmann/json.hpp>
 
 #include <norma/core/atomic_file.h>
-#include <norma/core/process_group.h>
+#include <norma/core/dist/process_group.h>
 #include <norma/norma.h>
-#include <norma/optim/data_parallel.h>
+#include <norma/core/dist/data_parallel.h>
 
 #include "checkpoint.h"
 #include "progress.h"

@@ -8,10 +8,10 @@
 #include <chrono>
 #include <cstdlib>
 
-#include <norma/core/mpi_process_group.h>
+#include <norma/core/dist/mpi_process_group.h>
 #include <norma/layers/models.h>
 #include <norma/norma.h>
-#include <norma/optim/data_parallel.h>
+#include <norma/core/dist/data_parallel.h>
 
 using namespace norma;
 

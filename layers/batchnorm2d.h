@@ -27,7 +27,7 @@
 #include <algorithm>
 #include <functional>
 
-#include "../core/process_group.h"
+#include "../core/dist/process_group.h"
 #include "batchnorm_options.h"
 #include "module.h"
 

@@ -11,7 +11,7 @@
 #include "../core/kernel_policy.h"
 #include "batchnorm2d.h"
 #include "batchnorm2d_op.h"
-#include "batchnorm_sync.h"
+#include "../core/dist/batchnorm_sync.h"
 #include "pooling.h"
 #if NORMA_FAST_KERNELS
 #include "fast/batchnorm2d.h"
@@ -152,8 +152,9 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
     } else {
       k.stats(mean->data(), var.data(), xc.data_ptr(), N, C, HW, a.layout, a.variance_method);
       auto& pg = *a.process_group;
-      const SyncedCounts n = batchnorm_sync_stats(mean->data(), var.data(), C, M_stats, pg, a.sync_rule,
-                                                  a.variance_method);
+      const dist::SyncedCounts n =
+          dist::batchnorm_sync_stats(mean->data(), var.data(), C, M_stats, pg, a.sync_rule == SyncRule::global,
+                                     a.variance_method == VarianceMethod::one_pass);
       if (n.unbiased <= 1)
         fail("batch_norm2d: expected more than 1 value per channel when training, got {} over the process group "
              "of {} ranks (input {} on rank {})", n.unbiased, pg.size(), x.shape(), pg.rank());
@@ -210,7 +211,7 @@ Tensor batch_norm2d(const Tensor& x, const Tensor& weight, const Tensor& bias, c
         dw.data_ptr()[c] = float(sum_dy_xhat[c]);
       }
       if (dx.defined()) {  // every rank: x requires grad on all of them alike
-        batchnorm_sync_grad_sums(sum_dy.data(), sum_dy_xhat.data(), C, *a.process_group);
+        dist::batchnorm_sync_grad_sums(sum_dy.data(), sum_dy_xhat.data(), C, *a.process_group);
         k.backward_dx(dx.data_ptr(), dyc.data_ptr(), xc.data_ptr(), mean->data(), invstd->data(), gamma,
                       sum_dy.data(), sum_dy_xhat.data(), M_backward, N, C, HW, a.layout, true, a.relu, beta);
       }

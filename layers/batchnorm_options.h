@@ -1,6 +1,6 @@
 // The choices a BatchNorm2d's arithmetic depends on, shared by the op
 // (batchnorm2d.h), its kernels (ref/, fast/) and the cross-process
-// statistics (batchnorm_sync.h), none of which need the others' headers.
+// statistics (core/dist/batchnorm_sync.h), none of which need the others' headers.
 #pragma once
 
 namespace norma::nn {
@@ -15,7 +15,7 @@ enum class VarianceMethod { two_pass, one_pass };
 
 // Cross-process statistics (SyncBatchNorm), used in training when a process
 // group is set; each rank passes its own shard of the batch. Formulas:
-// batchnorm_sync.h.
+// core/dist/batchnorm_sync.h.
 // global: the statistics of the batch concatenated over the ranks, combined
 //   exactly from each rank's count, mean and centred sum of squares, so shards
 //   may differ in size; running_var uses the global unbiased variance; the

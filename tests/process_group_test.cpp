@@ -1,11 +1,11 @@
 // The process-group API without MPI: the single-process group, the data-parallel
 // helpers and SyncBatchNorm driven by fake groups that stand in for K ranks.
 // The real multi-process tests are tests/mpi/ (run under mpirun).
-#include <norma/core/process_group.h>
+#include <norma/core/dist/process_group.h>
 #include <norma/layers/batchnorm2d.h>
 #include <norma/layers/linear.h>
 #include <norma/layers/sequential.h>
-#include <norma/optim/data_parallel.h>
+#include <norma/core/dist/data_parallel.h>
 
 #include "test_util.h"
 

@@ -3,11 +3,11 @@
 // (ctest: the mpi_* tests). Every rank runs the same case; checks never change
 // control flow, so the ranks stay in step; the exit code is non-zero on any
 // rank's failed check. The single-process references run inside each rank.
-#include <norma/core/mpi_process_group.h>
+#include <norma/core/dist/mpi_process_group.h>
 #include <norma/norma.h>
 #include <norma/layers/batchnorm2d.h>
 #include <norma/layers/models.h>
-#include <norma/optim/data_parallel.h>
+#include <norma/core/dist/data_parallel.h>
 
 #include <unistd.h>
 

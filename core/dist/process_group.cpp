@@ -3,7 +3,7 @@
 
 #include <cstdlib>
 
-#include "error.h"
+#include "../error.h"
 
 namespace norma::dist {
 

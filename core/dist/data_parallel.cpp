@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "../core/autograd.h"
+#include "../autograd.h"
 
 namespace norma::dist {
 

@@ -4,15 +4,15 @@
 #include <algorithm>
 #include <vector>
 
-namespace norma::nn {
+namespace norma::dist {
 
-SyncedCounts batchnorm_sync_stats(double* mean, double* var, int64_t C, double M, dist::ProcessGroup& pg,
-                                  SyncRule rule, VarianceMethod method) {
+SyncedCounts batchnorm_sync_stats(double* mean, double* var, int64_t C, double M, ProcessGroup& pg, bool by_count,
+                                  bool one_pass) {
   const double K = pg.size();
   if (M == 0)  // an empty shard contributes nothing (its own statistics are 0/0)
     std::fill(mean, mean + C, 0.0), std::fill(var, var + C, 0.0);
   // Pass 1: counts and means (and E[x^2] for one_pass), one collective.
-  const bool global = rule == SyncRule::global;
+  const bool global = by_count;
   std::vector<double> buf(size_t(1 + 2 * C));
   buf[0] = M;
   for (int64_t c = 0; c < C; ++c) {
@@ -20,13 +20,13 @@ SyncedCounts batchnorm_sync_stats(double* mean, double* var, int64_t C, double M
     buf[1 + c] = w * mean[c];
     buf[1 + C + c] = w * (var[c] + mean[c] * mean[c]);
   }
-  pg.allreduce_sum(buf.data(), method == VarianceMethod::one_pass ? buf.size() : size_t(1 + C));
+  pg.allreduce_sum(buf.data(), one_pass ? buf.size() : size_t(1 + C));
   const double M_all = buf[0], div = global ? M_all : K;
   const SyncedCounts counts{global ? M_all : K * M, global ? M_all : M};
   if (div == 0) return counts;  // no values anywhere: the op reports it
   std::vector<double> local_mean(mean, mean + C);
   for (int64_t c = 0; c < C; ++c) mean[c] = buf[1 + c] / div;
-  if (method == VarianceMethod::one_pass) {  // BrainPy: max(0, E[x^2] - E[x]^2)
+  if (one_pass) {  // BrainPy: max(0, E[x^2] - E[x]^2)
     for (int64_t c = 0; c < C; ++c) var[c] = std::max(0.0, buf[1 + C + c] / div - mean[c] * mean[c]);
     return counts;
   }
@@ -40,7 +40,7 @@ SyncedCounts batchnorm_sync_stats(double* mean, double* var, int64_t C, double M
   return counts;
 }
 
-void batchnorm_sync_grad_sums(double* sum_dy, double* sum_dy_xhat, int64_t C, dist::ProcessGroup& pg) {
+void batchnorm_sync_grad_sums(double* sum_dy, double* sum_dy_xhat, int64_t C, ProcessGroup& pg) {
   std::vector<double> buf(sum_dy, sum_dy + C);
   buf.insert(buf.end(), sum_dy_xhat, sum_dy_xhat + C);
   pg.allreduce_sum(buf.data(), buf.size());
@@ -48,4 +48,4 @@ void batchnorm_sync_grad_sums(double* sum_dy, double* sum_dy_xhat, int64_t C, di
   std::copy(buf.begin() + C, buf.end(), sum_dy_xhat);
 }
 
-}  // namespace norma::nn
+}  // namespace norma::dist

@@ -21,8 +21,8 @@
 #include <concepts>
 #include <vector>
 
-#include "../core/process_group.h"
-#include "../core/tensor.h"
+#include "../tensor.h"
+#include "process_group.h"
 
 namespace norma::dist {
 

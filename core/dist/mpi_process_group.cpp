@@ -10,7 +10,7 @@
 #include <exception>
 #include <mutex>
 
-#include "error.h"
+#include "../error.h"
 
 namespace norma::dist {
 
