@@ -15,7 +15,7 @@
 
 #include <norma/core/dist/mpi_process_group.h>
 #include <norma/core/dist/process_group.h>
-#include <norma/data/download.h>
+#include "download.h"
 #include <norma/norma.h>
 
 #include "bench.h"

@@ -23,6 +23,7 @@
 #include <norma/norma.h>
 #include <norma/core/dist/data_parallel.h>
 
+#include "bn_stats.h"
 #include "checkpoint.h"
 #include "progress.h"
 

@@ -10,7 +10,7 @@
 #include <sstream>
 
 #include <norma/layers/activation.h>
-#include <norma/layers/bn_stats.h>
+#include <norma/apps/bn_stats.h>
 #include <norma/layers/conv2d.h>
 
 using namespace norma;

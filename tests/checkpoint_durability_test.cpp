@@ -19,6 +19,7 @@
 #include <sstream>
 #include <thread>
 
+#include <norma/apps/bn_stats.h>
 #include <norma/apps/checkpoint.h>
 #include <norma/core/atomic_file.h>
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include <norma/apps/download.h>
 #include "cifar_synth.h"
 
 using namespace norma;

@@ -16,6 +16,7 @@
 #include <numbers>
 #include <string>
 
+#include <norma/apps/bn_stats.h>
 #include <norma/norma.h>
 #include <norma/layers/models.h>
 

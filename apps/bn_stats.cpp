@@ -9,10 +9,10 @@
 #include <cstring>
 #include <limits>
 
-#include "../core/atomic_file.h"
-#include "../core/autograd.h"
-#include "../core/ops.h"
-#include "sequential.h"
+#include <norma/core/atomic_file.h>
+#include <norma/core/autograd.h>
+#include <norma/core/ops.h>
+#include <norma/layers/sequential.h>
 
 namespace norma::nn {
 

@@ -10,9 +10,9 @@
 #include <filesystem>
 #include <vector>
 
-#include "../core/error.h"
-#include "cifar.h"
-#include "hash.h"
+#include <norma/core/error.h>
+#include <norma/data/cifar.h>
+#include <norma/data/hash.h>
 
 extern char** environ;
 

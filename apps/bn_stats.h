@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "batchnorm2d.h"
+#include <norma/layers/batchnorm2d.h>
 
 namespace norma::nn {
 
