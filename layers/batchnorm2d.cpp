@@ -5,11 +5,9 @@
 
 #include <cmath>
 #include <limits>
-#include <typeinfo>
 #include <vector>
 
-#include "activation.h"
-#include "pooling.h"
+#include "../core/autograd.h"
 #include "ref/batchnorm2d.h"
 
 namespace norma::nn {

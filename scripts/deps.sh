@@ -51,11 +51,11 @@ if [[ ${1:-} == --check ]]; then
   exit $bad
 fi
 
-echo "| folder | includes units of |"
+echo "| folder | includes files of |"
 echo "|---|---|"
 awk "$folder_awk"'
   !seen[$1 " " $2]++ { n[folder($1) " " folder($2)]++ }
   END { split("core layers optim data apps", f, " ")
         for (i = 1; i <= 5; ++i) { row = ""
-          for (j = 1; j <= 5; ++j) { k = f[i] " " f[j]; if (k in n) row = row (row == "" ? "" : ", ") f[j] "/ (" n[k] ")" }
+          for (j = 1; j <= 5; ++j) { k = f[i] " " f[j]; if (k in n) row = row (row == "" ? "" : ", ") f[j] "/" }
           printf "| %s/ | %s |\n", f[i], row == "" ? "nothing" : row } }' <<< "$all"

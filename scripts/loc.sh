@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Line count per folder (STYLE.md §16), as a Markdown table for docs/architecture.md.
+# Line count per folder (STYLE.md §18), and the spine's and the wing's size in
+# code lines, as Markdown tables for docs/architecture.md.
 # Counts source and text files (.h .cpp .py .sh .cmake .md, CMakeLists.txt);
-# test fixtures and other data are left out.   Usage: scripts/loc.sh
+# test fixtures and other data are left out.
+#   scripts/loc.sh           both tables
+#   scripts/loc.sh --parts   the spine / wing table alone
+#   scripts/loc.sh --check   exit 1 when the spine is over 6,500 code lines or a spine file over 400 lines (ctest)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+parts_only=0
+[[ ${1:-} == --parts || ${1:-} == --check ]] && parts_only=1
+
+if ((!parts_only)); then
 
 echo "| folder | files | lines |"
 echo "|---|--:|--:|"
@@ -21,6 +29,8 @@ for dir in core layers optim data apps tests docs scripts bench; do
   total_files=$((total_files + files)) total_lines=$((total_lines + lines))
 done
 echo "| total | $total_files | $total_lines |"
+echo
+fi
 
 # The spine: what builds with -DNORMA_FAST_KERNELS=OFF for one process (core,
 # layers, optim, data without layers/fast/ and without core/dist/, the
@@ -34,7 +44,6 @@ mapfile -t spine < <(find core layers optim data \( -name '*.h' -o -name '*.cpp'
 mapfile -t wing < <(find layers/fast \( -name '*.h' -o -name '*.cpp' \) 2>/dev/null | sort)
 mapfile -t dist < <(find core/dist \( -name '*.h' -o -name '*.cpp' \) 2>/dev/null | sort)
 longest=$(wc -l "${spine[@]}" | grep -v ' total$' | sort -n | tail -n 1)
-echo
 echo "| part | files | code lines |"
 echo "|---|--:|--:|"
 echo "| spine (core, layers, optim, data; not layers/fast/, not core/dist/) | ${#spine[@]} | $(code_lines "${spine[@]}") |"
@@ -42,3 +51,12 @@ echo "| wing (layers/fast/) | ${#wing[@]} | $(code_lines "${wing[@]}") |"
 echo "| data-parallel component (core/dist/) | ${#dist[@]} | $(code_lines "${dist[@]}") |"
 echo
 echo "Longest spine file: $(awk '{ print $2 }' <<< "$longest"), $(awk '{ print $1 }' <<< "$longest") lines."
+
+if [[ ${1:-} == --check ]]; then
+  spine_lines=$(code_lines "${spine[@]}") longest_lines=$(awk '{ print $1 }' <<< "$longest")
+  if ((spine_lines > 6500 || longest_lines > 400)); then
+    echo "loc: the spine must stay at or under 6,500 code lines with no file over 400 lines; it has" \
+         "$spine_lines, and its longest file has $longest_lines (docs/architecture.md, 'Sizes')"
+    exit 1
+  fi
+fi
