@@ -16,17 +16,8 @@
 
 using namespace norma;
 using namespace norma::nn;
+using norma::test::fast_kernels_or_skip;
 
-namespace {
-
-// Catch2 v2 has no SKIP: a fast-kernel test warns and returns in a build without them.
-bool fast_kernels_or_skip() {
-  if (fast_kernels_built()) return true;
-  WARN("skipped: built without the fast kernels (NORMA_FAST_KERNELS=OFF)");
-  return false;
-}
-
-}  // namespace
 
 TEST_CASE("conv2d: Winograd's dw is right when called from inside a parallel region") {
   if (!fast_kernels_or_skip()) return;

@@ -122,10 +122,7 @@ TEST_CASE("max_pool2d: the 2x2 stride-2 path chooses as the general rule does, t
 }
 
 TEST_CASE("max_pool2d: the fast 2x2 kernel equals the reference one bit for bit, forward and backward") {
-  if (!fast_kernels_built()) {
-    WARN("skipped: built without the fast kernels (NORMA_FAST_KERNELS=OFF)");
-    return;
-  }
+  if (!norma::test::fast_kernels_or_skip()) return;
   // Ties, NaNs, odd sizes (the last row and column dropped), rows of 1, 4, 5
   // and 17 outputs, and planes enough for the parallel path.
   struct P {

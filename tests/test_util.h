@@ -10,6 +10,14 @@
 
 namespace norma::test {
 
+// Catch2 v2 has no SKIP: a test of the fast kernels warns and returns in a
+// build without them (-DNORMA_FAST_KERNELS=OFF).
+inline bool fast_kernels_or_skip() {
+  if (fast_kernels_built()) return true;
+  WARN("skipped: built without the fast kernels (NORMA_FAST_KERNELS=OFF)");
+  return false;
+}
+
 struct Diff {
   double max_abs = 0;
   int64_t index = -1;
