@@ -8,10 +8,10 @@
 
 #include "../core/allocator.h"
 #include "../core/autograd.h"
+#include "../core/dist/batchnorm_sync.h"
 #include "../core/kernel_policy.h"
 #include "batchnorm2d.h"
 #include "batchnorm2d_op.h"
-#include "../core/dist/batchnorm_sync.h"
 #include "pooling.h"
 #if NORMA_FAST_KERNELS
 #include "fast/batchnorm2d.h"
