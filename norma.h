@@ -27,7 +27,6 @@
 #include "layers/init.h"
 #include "layers/linear.h"
 #include "layers/loss.h"
-#include "layers/models.h"
 #include "layers/module.h"
 #include "layers/pooling.h"
 #include "layers/residual.h"

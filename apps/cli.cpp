@@ -8,6 +8,8 @@
 
 #include <norma/norma.h>
 
+#include "models.h"
+
 namespace norma::app {
 
 std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {

@@ -12,7 +12,7 @@
 
 #include <norma/core/error.h>
 #include <norma/data/cifar.h>
-#include <norma/data/hash.h>
+#include "md5.h"
 
 extern char** environ;
 
@@ -123,6 +123,26 @@ void download_cifar10(const std::string& dir, const std::string& source, bool ve
   // Loading checks every file's presence, size and labels.
   CifarDataset::load(data_dir, Split::train);
   CifarDataset::load(data_dir, Split::test);
+}
+
+std::string find_cifar10_dir(const std::string& flag) {
+  const char* env = std::getenv("NORMA_DATA");
+  std::vector<std::string> tried;
+  if (!flag.empty()) tried = {flag};
+  else if (env && *env) tried = {env};
+  else tried = {"./data/cifar-10-batches-bin", "../shared/cifar10/cifar-10-batches-bin"};
+  for (const std::string& dir : tried)
+    if (fs::is_directory(dir)) return dir;
+
+  std::string where;
+  if (!flag.empty()) where = fmt::format("--data {} (does not exist)", flag);
+  else if (env && *env) where = fmt::format("$NORMA_DATA={} (does not exist)", env);
+  else
+    where = fmt::format("--data (not given), $NORMA_DATA (not set), {} and {} (relative to {}; neither exists)",
+                        tried[0], tried[1], fs::current_path().string());
+  fail("find_cifar10_dir: no CIFAR-10 directory found; tried {}. Pass --data DIR, set NORMA_DATA, or fetch it "
+       "with `norma download cifar10`",
+       where);
 }
 
 }  // namespace norma::data

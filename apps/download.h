@@ -18,4 +18,12 @@ inline constexpr const char* kCifar10Md5 = "c32a1d4ab5d03f1284b67883e8d87530";
 // suggests downloading elsewhere and passing the local archive instead.
 void download_cifar10(const std::string& dir, const std::string& source, bool verify_md5 = true);
 
+// Where CIFAR-10 lives: `flag` (the --data option) when non-empty, else
+// $NORMA_DATA when set, else the first existing of ./data/cifar-10-batches-bin
+// and ../shared/cifar10/cifar-10-batches-bin (relative to the current
+// directory). An explicit flag or $NORMA_DATA is binding: when it does not
+// exist that is the error, rather than silently reading other data. The
+// error lists every place tried.
+std::string find_cifar10_dir(const std::string& flag);
+
 }  // namespace norma::data

@@ -15,11 +15,12 @@
 
 #include <norma/core/dist/mpi_process_group.h>
 #include <norma/core/dist/process_group.h>
-#include "download.h"
 #include <norma/norma.h>
 
 #include "bench.h"
 #include "cli.h"
+#include "download.h"
+#include "models.h"
 #include "trainer.h"
 
 using namespace norma;

@@ -25,6 +25,8 @@
 
 #include "bn_stats.h"
 #include "checkpoint.h"
+#include "download.h"
+#include "models.h"
 #include "progress.h"
 
 namespace norma::app {

@@ -9,7 +9,7 @@
 #include <cstdlib>
 
 #include <norma/core/dist/mpi_process_group.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 #include <norma/norma.h>
 #include <norma/core/dist/data_parallel.h>
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <norma/norma.h>
+#include <norma/apps/download.h>  // find_cifar10_dir
 
 using namespace norma;
 using namespace norma::data;

@@ -159,24 +159,4 @@ int CifarDataset::coarse_label(int64_t i) const {
   return coarse_[size_t(i)];
 }
 
-std::string find_cifar10_dir(const std::string& flag) {
-  const char* env = std::getenv("NORMA_DATA");
-  std::vector<std::string> tried;
-  if (!flag.empty()) tried = {flag};
-  else if (env && *env) tried = {env};
-  else tried = {"./data/cifar-10-batches-bin", "../shared/cifar10/cifar-10-batches-bin"};
-  for (const std::string& dir : tried)
-    if (fs::is_directory(dir)) return dir;
-
-  std::string where;
-  if (!flag.empty()) where = fmt::format("--data {} (does not exist)", flag);
-  else if (env && *env) where = fmt::format("$NORMA_DATA={} (does not exist)", env);
-  else
-    where = fmt::format("--data (not given), $NORMA_DATA (not set), {} and {} (relative to {}; neither exists)",
-                        tried[0], tried[1], fs::current_path().string());
-  fail("find_cifar10_dir: no CIFAR-10 directory found; tried {}. Pass --data DIR, set NORMA_DATA, or fetch it "
-       "with `norma download cifar10`",
-       where);
-}
-
 }  // namespace norma::data

@@ -48,12 +48,4 @@ class CifarDataset {
   std::vector<uint8_t> coarse_;  // (N), CIFAR-100 only
 };
 
-// Where CIFAR-10 lives: `flag` (the --data option) when non-empty, else
-// $NORMA_DATA when set, else the first existing of ./data/cifar-10-batches-bin
-// and ../shared/cifar10/cifar-10-batches-bin (relative to the current
-// directory). An explicit flag or $NORMA_DATA is binding: when it does not
-// exist that is the error, rather than silently reading other data. The
-// error lists every place tried.
-std::string find_cifar10_dir(const std::string& flag);
-
 }  // namespace norma::data

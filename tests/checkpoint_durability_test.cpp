@@ -21,6 +21,7 @@
 
 #include <norma/apps/bn_stats.h>
 #include <norma/apps/checkpoint.h>
+#include <norma/apps/models.h>
 #include <norma/core/atomic_file.h>
 
 #include "cifar_synth.h"

@@ -8,6 +8,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include <norma/apps/models.h>
 #include <norma/layers/activation.h>
 #include <norma/layers/batchnorm2d.h>
 #include <norma/apps/checkpoint.h>

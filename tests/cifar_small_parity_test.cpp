@@ -7,7 +7,7 @@
 #include "test_util.h"
 
 #include <norma/layers/loss.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 #include <norma/optim/sgd.h>
 
 using namespace norma;

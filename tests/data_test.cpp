@@ -11,6 +11,9 @@
 #include <numeric>
 #include <set>
 
+#include <norma/apps/download.h>  // find_cifar10_dir
+#include <norma/apps/md5.h>
+
 #include "cifar_synth.h"
 
 using namespace norma;

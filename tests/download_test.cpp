@@ -10,6 +10,8 @@
 #include <filesystem>
 
 #include <norma/apps/download.h>
+#include <norma/apps/md5.h>
+
 #include "cifar_synth.h"
 
 using namespace norma;

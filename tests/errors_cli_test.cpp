@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include <norma/apps/models.h>
 #include <norma/apps/download.h>
 #include <norma/norma.h>
 

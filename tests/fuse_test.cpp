@@ -9,7 +9,7 @@
 #include <norma/layers/fuse.h>
 #include <norma/layers/fusion.h>
 #include <norma/layers/loss.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 #include <norma/layers/pooling.h>
 #include <norma/optim/sgd.h>
 

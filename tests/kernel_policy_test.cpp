@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <norma/apps/models.h>
 #include <norma/core/kernel_policy.h>
 #include <norma/norma.h>
 

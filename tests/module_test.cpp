@@ -14,7 +14,7 @@
 #include <norma/layers/conv2d.h>
 #include <norma/layers/init.h>
 #include <norma/layers/linear.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 
 using namespace norma;
 using namespace norma::nn;

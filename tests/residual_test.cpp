@@ -5,7 +5,7 @@
 #include "test_util.h"
 
 #include <norma/layers/batchnorm2d.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 #include <norma/layers/residual.h>
 #include <norma/optim/sgd.h>
 

@@ -18,7 +18,7 @@
 
 #include <norma/apps/bn_stats.h>
 #include <norma/norma.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 
 using namespace norma;
 using namespace norma::nn;

@@ -7,7 +7,7 @@
 #include <string>
 
 #include <norma/norma.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 
 using namespace norma;
 using namespace norma::nn;

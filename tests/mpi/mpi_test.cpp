@@ -6,7 +6,7 @@
 #include <norma/core/dist/mpi_process_group.h>
 #include <norma/norma.h>
 #include <norma/layers/batchnorm2d.h>
-#include <norma/layers/models.h>
+#include <norma/apps/models.h>
 #include <norma/core/dist/data_parallel.h>
 
 #include <unistd.h>

@@ -3,9 +3,9 @@
 #include <string>
 #include <vector>
 
-#include "conv2d.h"
-#include "linear.h"
-#include "sequential.h"
+#include <norma/layers/conv2d.h>
+#include <norma/layers/linear.h>
+#include <norma/layers/sequential.h>
 
 namespace norma::nn {
 

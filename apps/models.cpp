@@ -2,14 +2,14 @@
 
 #include <fmt/ranges.h>
 
-#include "../core/autograd.h"
-#include "fusion.h"
-#include "activation.h"
-#include "batchnorm2d.h"
-#include "conv2d.h"
-#include "linear.h"
-#include "pooling.h"
-#include "residual.h"
+#include <norma/core/autograd.h>
+#include <norma/layers/activation.h>
+#include <norma/layers/batchnorm2d.h>
+#include <norma/layers/conv2d.h>
+#include <norma/layers/fusion.h>
+#include <norma/layers/linear.h>
+#include <norma/layers/pooling.h>
+#include <norma/layers/residual.h>
 
 namespace norma::nn {
 
