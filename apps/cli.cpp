@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <algorithm>
+#include <map>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <vector>
@@ -17,6 +18,9 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   app->require_subcommand(1);
   const std::vector<std::string> models = nn::model_names();
   const std::vector<std::string> presets = nn::bn_presets::preset_names();
+  // The presets' older names, still accepted.
+  const CLI::Transformer old_preset_names(std::map<std::string, std::string>{{"brainpy", "brainpy_2_7"},
+                                                                           {"brainpy-2.8", "brainpy_2_8"}});
   TrainConfig& tc = opt.train;
   EvalConfig& ec = opt.eval;
   BenchConfig& bc = opt.bench;
@@ -49,7 +53,7 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   train->add_option("--tta", tc.tta, "test-time augmentation of the test evaluations: none, or flip (the mean of "
                                      "the logits of each image and its mirror)")
       ->check(CLI::IsMember({"none", "flip"}))->capture_default_str();
-  train->add_option("--bn-preset", tc.bn_preset, "BatchNorm2d convention")->check(CLI::IsMember(presets))
+  train->add_option("--bn-preset", tc.bn_preset, "BatchNorm2d convention")->transform(old_preset_names)->check(CLI::IsMember(presets))
       ->capture_default_str();
   train->add_option("--seed", tc.seed, "random seed (weights, shuffling, augmentation)")->capture_default_str();
   train->add_option("--threads", tc.threads, "threads (default: all cores)")->check(CLI::PositiveNumber);
@@ -79,7 +83,7 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   eval->add_option("--model", ec.model, "model, when the checkpoint does not name one")->check(CLI::IsMember(models))
       ->capture_default_str();
   eval->add_option("--bn-preset", ec.bn_preset, "BatchNorm2d convention, when the checkpoint does not name one")
-      ->check(CLI::IsMember(presets))->capture_default_str();
+      ->transform(old_preset_names)->check(CLI::IsMember(presets))->capture_default_str();
   eval->add_option("--batch-size", ec.batch_size, "images per forward")->check(CLI::PositiveNumber)->capture_default_str();
   eval->add_option("--limit", ec.limit, "the first N test images")->check(CLI::PositiveNumber);
   eval->add_option("--threads", ec.threads, "threads")->check(CLI::PositiveNumber);
@@ -92,7 +96,7 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   // ---- bench
   auto* bench = app->add_subcommand("bench", "training and inference throughput on random data, per-layer times");
   bench->add_option("--model", bc.model, "model")->check(CLI::IsMember(models))->capture_default_str();
-  bench->add_option("--bn-preset", bc.bn_preset, "BatchNorm2d convention")->check(CLI::IsMember(presets))
+  bench->add_option("--bn-preset", bc.bn_preset, "BatchNorm2d convention")->transform(old_preset_names)->check(CLI::IsMember(presets))
       ->capture_default_str();
   bench->add_option("--batch-size", bc.batch_size, "images per step")->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
       ->capture_default_str();

@@ -105,6 +105,19 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   out.commit();
 }
 
+bool SafetensorsFile::contains(const std::string& name) const {
+  return std::any_of(tensors.begin(), tensors.end(), [&](const auto& nt) { return nt.first == name; });
+}
+
+const Tensor& SafetensorsFile::at(const std::string& name) const {
+  for (const auto& [n, t] : tensors)
+    if (n == name) return t;
+  std::vector<std::string> names;
+  for (const auto& nt : tensors) names.push_back(nt.first);
+  fail("SafetensorsFile::at: no tensor '{}' in '{}'; it holds {}", name, path,
+       names.empty() ? "none" : fmt::format("{}", fmt::join(names, ", ")));
+}
+
 SafetensorsFile load_safetensors(const std::string& path) {
   auto bad = [&]<class... A>(fmt::format_string<A...> f, A&&... args) { reject(path, f, std::forward<A>(args)...); };
   std::unique_ptr<FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
@@ -144,6 +157,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
   if (!duplicate.empty()) bad("tensor '{}' appears twice in the header", duplicate);
 
   SafetensorsFile out;
+  out.path = path;
   struct Entry {
     std::string name, dtype;
     Shape shape;

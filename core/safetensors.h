@@ -18,6 +18,10 @@ namespace norma {
 struct SafetensorsFile {
   NamedTensors tensors;                         // in the file's data order
   std::map<std::string, std::string> metadata;  // the header's "__metadata__"
+  std::string path;                             // where it was read from (for errors)
+  // Lookups by name: at() fails naming the file and the names it holds.
+  bool contains(const std::string& name) const;
+  const Tensor& at(const std::string& name) const;
 };
 
 // Writes `tensors` (float32, any strides) to `path`. Every tensor is stored as

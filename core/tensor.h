@@ -117,6 +117,11 @@ class Tensor {
   Tensor& zero_();
   Tensor& fill_(float value);
   Tensor& copy_(const Tensor& src);  // src broadcast to this tensor's shape
+  // A Tensor is a handle, so these also write through a const one (as
+  // libtorch's do): `for (const Tensor& p : model.parameters()) p.zero_();`.
+  const Tensor& zero_() const { return const_cast<Tensor&>(*this).zero_(); }
+  const Tensor& fill_(float value) const { return const_cast<Tensor&>(*this).fill_(value); }
+  const Tensor& copy_(const Tensor& src) const { return const_cast<Tensor&>(*this).copy_(src); }
 
   // --- autograd
   bool requires_grad() const;

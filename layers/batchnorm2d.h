@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <functional>
 
+#include "../core/arg.h"
 #include "../core/dist/process_group.h"
 #include "batchnorm_options.h"
 #include "module.h"
@@ -60,9 +61,6 @@ using TensorInit = std::function<void(Tensor&)>;
 
 struct BatchNorm2dOptions {
   explicit BatchNorm2dOptions(int64_t num_features) : num_features_(num_features) {}
-#define NORMA_ARG(T, name) \
-  BatchNorm2dOptions& name(T v) { name##_ = std::move(v); return *this; } \
-  T name##_
   // 0 means lazy (numpy-ml): the channel count is taken from the first input,
   // whose forward creates the parameters and buffers (see BatchNorm2d::materialize).
   NORMA_ARG(int64_t, num_features);
@@ -87,7 +85,6 @@ struct BatchNorm2dOptions {
   // from). Parameters and running statistics hold NaN until a checkpoint is
   // loaded, so a forward before loading shows up instead of computing with garbage.
   NORMA_ARG(bool, skip_init) = false;
-#undef NORMA_ARG
 };
 
 // What the functional op needs to know beyond its tensors.

@@ -35,7 +35,7 @@ BatchNorm2dOptions megengine(int64_t num_features, bool freeze, double momentum)
 
 BatchNorm2dOptions brainpy(int64_t num_features, BrainPyVersion version, double momentum) {
   check_decay("brainpy", momentum);
-  if (version != BrainPyVersion::v2_7_8 && version != BrainPyVersion::v2_8)
+  if (version != BrainPyVersion::v2_7 && version != BrainPyVersion::v2_8)
     fail("bn_presets::brainpy: unknown version {} (not a BrainPyVersion value)", int(version));
   return BatchNorm2dOptions(num_features)
       .layout(Layout::NHWC)
@@ -52,19 +52,30 @@ BatchNorm2dOptions numpy_ml(int64_t num_features, double momentum) {
   return o;
 }
 
-BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor, double min_factor, double sscale, bool affine,
-                             bool inplace, bool empty) {
-  if (!(sscale >= 0) || !std::isfinite(sscale))
-    fail("bn_presets::puzzlelib: sscale must be finite and >= 0, got {}", sscale);
+BatchNorm2dOptions puzzlelib(int64_t maps, const PuzzleLibOptions& p) {
+  if (!(p.sscale() >= 0) || !std::isfinite(p.sscale()))
+    fail("bn_presets::puzzlelib: sscale must be finite and >= 0, got {}", p.sscale());
   BatchNorm2dOptions o(maps);
-  o.momentum(MomentumRule::schedule(init_factor, min_factor)).affine(affine).inplace(inplace).skip_init(empty);
-  o.weight_init_ = [sscale](Tensor& w) { init::normal_(w, 1.0, sscale); };
+  o.momentum(MomentumRule::schedule(p.init_factor(), p.min_factor())).affine(p.affine()).inplace(p.inplace());
+  o.skip_init(p.empty());
+  o.weight_init_ = [sscale = p.sscale()](Tensor& w) { init::normal_(w, 1.0, sscale); };
   return o;
 }
 
+BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor, double min_factor, double sscale, bool affine,
+                             bool inplace, bool empty) {
+  return puzzlelib(maps, PuzzleLibOptions()
+                             .init_factor(init_factor)
+                             .min_factor(min_factor)
+                             .sscale(sscale)
+                             .affine(affine)
+                             .inplace(inplace)
+                             .empty(empty));
+}
+
 const std::vector<std::string>& preset_names() {
-  static const std::vector<std::string> names{"pytorch",     "r_torch",  "megengine", "brainpy",
-                                              "brainpy-2.8", "numpy_ml", "puzzlelib"};
+  static const std::vector<std::string> names{"pytorch",     "r_torch",  "megengine", "brainpy_2_7",
+                                              "brainpy_2_8", "numpy_ml", "puzzlelib"};
   return names;
 }
 
@@ -72,8 +83,8 @@ BatchNorm2dOptions preset_by_name(const std::string& name, int64_t num_features)
   if (name == "pytorch") return pytorch(num_features);
   if (name == "r_torch") return r_torch(num_features);
   if (name == "megengine") return megengine(num_features);
-  if (name == "brainpy") return brainpy(num_features, BrainPyVersion::v2_7_8);
-  if (name == "brainpy-2.8") return brainpy(num_features, BrainPyVersion::v2_8);
+  if (name == "brainpy_2_7" || name == "brainpy") return brainpy_2_7(num_features);
+  if (name == "brainpy_2_8" || name == "brainpy-2.8") return brainpy_2_8(num_features);
   if (name == "numpy_ml") return numpy_ml(num_features);
   if (name == "puzzlelib") return puzzlelib(num_features);
   fail("bn preset: unknown name '{}', accepted names: {}", name, fmt::join(preset_names(), ", "));

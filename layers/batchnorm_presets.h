@@ -13,8 +13,8 @@
 //   pytorch     NCHW    p = momentum (0.1); None: p_t = 1/t              unbiased     two-pass  ones
 //   r_torch     NCHW    as pytorch (momentum = NULL works in Norma)       unbiased     two-pass  ones
 //   megengine   NCHW    p = 1 - momentum (0.9 -> 0.1)                     unbiased     two-pass  ones
-//   brainpy     NHWC    p = 1 - momentum (0.99 -> 0.01)                   biased       one-pass  ones
-//   brainpy-2.8 NHWC    p = 1 - momentum (0.99 -> 0.01)                   unbiased     one-pass  ones
+//   brainpy_2_7 NHWC    p = 1 - momentum (0.99 -> 0.01)                   biased       one-pass  ones
+//   brainpy_2_8 NHWC    p = 1 - momentum (0.99 -> 0.01)                   unbiased     one-pass  ones
 //   numpy_ml    NHWC    p = 1 - momentum (0.9 -> 0.1)                     biased       two-pass  uniform[0,1)
 //   puzzlelib   NCHW    p_t = max(initFactor/t, minFactor) (1, 0.1)      unbiased     two-pass  normal(1, sscale)
 //
@@ -23,7 +23,7 @@
 // one-pass: var = max(0, E[x^2] - E[x]^2); unbiased = biased * m / (m - 1).
 // Worked example, one channel, x = [1, 2, 3, 4], one training step from fresh
 // buffers: running_mean/running_var = 0.25/1.0666667 (pytorch, megengine),
-// 0.025/1.0025 (brainpy), 0.025/1.0066667 (brainpy-2.8), 0.25/1.025
+// 0.025/1.0025 (brainpy_2_7), 0.025/1.0066667 (brainpy_2_8), 0.25/1.025
 // (numpy_ml), 2.5/1.6666667 (puzzlelib).
 //
 // What Norma does differently, on purpose: it saves PuzzleLib's t; R torch's
@@ -59,13 +59,19 @@ BatchNorm2dOptions r_torch(int64_t num_features, std::optional<double> momentum 
 BatchNorm2dOptions megengine(int64_t num_features, bool freeze = false, double momentum = 0.9);
 
 // Up to 2.7.8 BrainPy keeps the biased batch variance in running_var; from
-// 2.8.0 the unbiased one.
-enum class BrainPyVersion { v2_7_8, v2_8 };
+// 2.8.0 the unbiased one. v2_7_8 is the older spelling of v2_7.
+enum class BrainPyVersion { v2_7, v2_8, v2_7_8 = v2_7 };
 
 // brainpy.dnn.BatchNorm2d(C, axis=(0, 1, 2), epsilon=1e-5, momentum=0.99,
 // affine=True): channel last (NHWC), one-pass variance, `momentum` a decay.
-BatchNorm2dOptions brainpy(int64_t num_features, BrainPyVersion version = BrainPyVersion::v2_7_8,
+BatchNorm2dOptions brainpy(int64_t num_features, BrainPyVersion version = BrainPyVersion::v2_7,
                            double momentum = 0.99);
+inline BatchNorm2dOptions brainpy_2_7(int64_t num_features, double momentum = 0.99) {
+  return brainpy(num_features, BrainPyVersion::v2_7, momentum);
+}
+inline BatchNorm2dOptions brainpy_2_8(int64_t num_features, double momentum = 0.99) {
+  return brainpy(num_features, BrainPyVersion::v2_8, momentum);
+}
 
 // numpy_ml.neural_nets.layers.BatchNorm2D(momentum=0.9, epsilon=1e-5):
 // channel last (NHWC), `momentum` a decay, biased running_var, gamma
@@ -81,11 +87,24 @@ BatchNorm2dOptions numpy_ml(int64_t num_features = 0, double momentum = 0.9);
 // normal(1, sscale) and exactly 1 without affine, bias zeros; inplace (eval
 // only, inference under NoGradGuard) writes the output over the input; empty
 // runs no initialiser and leaves NaN until a checkpoint is loaded (skip_init).
-BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor = 1.0, double min_factor = 0.1, double sscale = 0.01,
+// Named, so that one option needs no other restated:
+//   puzzlelib(32, PuzzleLibOptions().affine(false))
+struct PuzzleLibOptions {
+  NORMA_ARG(double, init_factor) = 1.0;
+  NORMA_ARG(double, min_factor) = 0.1;
+  NORMA_ARG(double, sscale) = 0.01;
+  NORMA_ARG(bool, affine) = true;
+  NORMA_ARG(bool, inplace) = false;
+  NORMA_ARG(bool, empty) = false;
+};
+BatchNorm2dOptions puzzlelib(int64_t maps, const PuzzleLibOptions& options = {});
+// The same, positional, as PuzzleLib orders its arguments.
+BatchNorm2dOptions puzzlelib(int64_t maps, double init_factor, double min_factor = 0.1, double sscale = 0.01,
                              bool affine = true, bool inplace = false, bool empty = false);
 
 // The names preset_by_name accepts, in the table's order:
-// pytorch, r_torch, megengine, brainpy, brainpy-2.8, numpy_ml, puzzlelib.
+// pytorch, r_torch, megengine, brainpy_2_7, brainpy_2_8, numpy_ml, puzzlelib.
+// It also takes the older "brainpy" (brainpy_2_7) and "brainpy-2.8".
 const std::vector<std::string>& preset_names();
 
 // The preset called `name` with each default (the CLI's --bn-preset), for

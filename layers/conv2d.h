@@ -16,6 +16,7 @@
 // Layout: NCHW only. An NHWC tensor must be permuted to NCHW first (a view:
 // x.permute({0, 3, 1, 2})); conv2d then copies it to contiguous NCHW.
 #pragma once
+#include "../core/arg.h"
 #include "module.h"
 #include "ref/conv2d.h"
 
@@ -56,9 +57,6 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Size2 s
 struct Conv2dOptions {
   Conv2dOptions(int64_t in_channels, int64_t out_channels, Size2 kernel_size)
       : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size) {}
-#define NORMA_ARG(T, name) \
-  Conv2dOptions& name(T v) { name##_ = v; return *this; } \
-  T name##_
   NORMA_ARG(int64_t, in_channels);
   NORMA_ARG(int64_t, out_channels);
   NORMA_ARG(Size2, kernel_size);
@@ -67,7 +65,6 @@ struct Conv2dOptions {
   NORMA_ARG(Size2, dilation) = 1;
   NORMA_ARG(int64_t, groups) = 1;
   NORMA_ARG(bool, bias) = true;
-#undef NORMA_ARG
 };
 
 class Conv2d : public Module {

@@ -442,8 +442,8 @@ TEST_CASE("bn presets: conventions, conversions and preset_by_name") {
       {"pytorch", {Layout::NCHW, true, VarianceMethod::two_pass, 0.1}},
       {"r_torch", {Layout::NCHW, true, VarianceMethod::two_pass, 0.1}},
       {"megengine", {Layout::NCHW, true, VarianceMethod::two_pass, 0.1}},
-      {"brainpy", {Layout::NHWC, false, VarianceMethod::one_pass, 0.01}},
-      {"brainpy-2.8", {Layout::NHWC, true, VarianceMethod::one_pass, 0.01}},
+      {"brainpy_2_7", {Layout::NHWC, false, VarianceMethod::one_pass, 0.01}},
+      {"brainpy_2_8", {Layout::NHWC, true, VarianceMethod::one_pass, 0.01}},
       {"numpy_ml", {Layout::NHWC, false, VarianceMethod::two_pass, 0.1}},
       {"puzzlelib", {Layout::NCHW, true, VarianceMethod::two_pass, 0.1}}};
   REQUIRE(presets::preset_names().size() == expect.size());
@@ -468,7 +468,7 @@ TEST_CASE("bn presets: conventions, conversions and preset_by_name") {
 TEST_CASE("bn presets: errors") {
   CHECK_THROWS_WITH(presets::preset_by_name("caffe", 3),
                     Catch::Contains("bn preset: unknown name 'caffe', accepted names: pytorch, r_torch, megengine, "
-                                    "brainpy, brainpy-2.8, numpy_ml, puzzlelib"));
+                                    "brainpy_2_7, brainpy_2_8, numpy_ml, puzzlelib"));
   CHECK_THROWS_WITH(presets::megengine(3, false, 1.5),
                     Catch::Contains("bn_presets::megengine: momentum (a decay) must lie in [0, 1], got 1.5"));
   CHECK_THROWS_WITH(presets::brainpy(3, presets::BrainPyVersion::v2_8, -0.1),

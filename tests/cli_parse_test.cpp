@@ -58,3 +58,14 @@ TEST_CASE("cli parser: an unknown command is named with the known ones") {
   const char* none[] = {"norma"};
   CHECK(app::unknown_command(*cli, 1, none).empty());
 }
+
+TEST_CASE("cli parser: --bn-preset takes the presets' names and their older spellings") {
+  for (auto [given, stored] : {std::pair{"brainpy_2_7", "brainpy_2_7"}, std::pair{"brainpy", "brainpy_2_7"},
+                               std::pair{"brainpy-2.8", "brainpy_2_8"}, std::pair{"numpy_ml", "numpy_ml"}}) {
+    app::CliOptions opt;
+    REQUIRE(parse(opt, std::string("train --bn-preset ") + given) == "");
+    CHECK(opt.train.bn_preset == stored);
+  }
+  app::CliOptions opt;
+  CHECK(parse(opt, "train --bn-preset brainpy_2_9") != "");
+}

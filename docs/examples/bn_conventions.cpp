@@ -26,8 +26,8 @@ std::vector<Preset> all_presets() {
   return {{"pytorch", presets::pytorch(1), "0.25", "1.0666667"},
           {"r_torch", presets::r_torch(1), "0.25", "1.0666667"},
           {"megengine", presets::megengine(1), "0.25", "1.0666667"},
-          {"brainpy", presets::brainpy(1, presets::BrainPyVersion::v2_7_8), "0.025", "1.0025"},
-          {"brainpy-2.8", presets::brainpy(1, presets::BrainPyVersion::v2_8), "0.025", "1.0066667"},
+          {"brainpy_2_7", presets::brainpy_2_7(1), "0.025", "1.0025"},
+          {"brainpy_2_8", presets::brainpy_2_8(1), "0.025", "1.0066667"},
           {"numpy_ml", presets::numpy_ml(), "0.25", "1.025"},  // lazy: one channel, from the input
           {"puzzlelib", presets::puzzlelib(1), "2.5", "1.6666667"}};
 }
@@ -62,7 +62,7 @@ void rules() {
   fmt::print("{:<12}", "t");
   for (int t = 1; t <= 12; ++t) fmt::print(" {:>6}", t);
   fmt::print("\n");
-  for (const char* name : {"pytorch", "megengine", "brainpy", "numpy_ml", "puzzlelib"}) {
+  for (const char* name : {"pytorch", "megengine", "brainpy_2_7", "numpy_ml", "puzzlelib"}) {
     const MomentumRule rule = presets::preset_by_name(name, 1).momentum_;
     fmt::print("{:<12}", name);
     for (int t = 1; t <= 12; ++t) fmt::print(" {:>6.4g}", rule.factor(t));
@@ -108,8 +108,8 @@ void agree() {
        10, true},
       {"puzzlelib == pytorch(momentum None), steps 1-11", presets::puzzlelib(3), presets::pytorch(3, std::nullopt),
        11, false},
-      {"brainpy-2.8 == pytorch(momentum 0.01, NHWC, one-pass variance), 12 steps",
-       presets::brainpy(3, presets::BrainPyVersion::v2_8),
+      {"brainpy_2_8 == pytorch(momentum 0.01, NHWC, one-pass variance), 12 steps",
+       presets::brainpy_2_8(3),
        presets::pytorch(3, 0.01).layout(Layout::NHWC).variance_method(VarianceMethod::one_pass), 12, true},
   };
   for (Case& c : cases) {
