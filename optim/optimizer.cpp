@@ -95,6 +95,11 @@ std::vector<ParamGroup> decay_groups(const std::vector<Tensor>& params, double w
   return groups;
 }
 
+double ParamGroup::get_lr() const {
+  if (!lr) fail("ParamGroup::get_lr: this group has no lr yet; an optimizer built from it completes it from its defaults");
+  return *lr;
+}
+
 Optimizer::Optimizer(std::string name, std::vector<ParamGroup> groups, ParamGroup defaults)
     : name_(std::move(name)), groups_(std::move(groups)), defaults_(std::move(defaults)) {
   defaults_.params.clear();

@@ -36,6 +36,10 @@ struct ParamGroup {
   std::optional<bool> amsgrad = {};                     // Adam, AdamW
   // Written by LR schedulers, as PyTorch stores them in the group.
   std::optional<double> initial_lr = {}, max_lr = {}, min_lr = {}, max_momentum = {}, base_momentum = {};
+  // The lr without optional's ceremony, as libtorch's get_lr()/set_lr(): every
+  // group of an optimizer has one (the optimizer completes it from its defaults).
+  double get_lr() const;
+  void set_lr(double value) { lr = value; }
 };
 
 // One group holding `params`, every option left to the optimizer's defaults.

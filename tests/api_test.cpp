@@ -85,3 +85,14 @@ TEST_CASE("api: puzzlelib by named options equals the positional form") {
   CHECK_THAT(error_of([] { p::puzzlelib(4, p::PuzzleLibOptions().sscale(-1)); }),
              Contains("bn_presets::puzzlelib: sscale must be finite and >= 0, got -1"));
 }
+
+TEST_CASE("api: a param group's lr reads and writes without optional's ceremony") {
+  nn::Linear fc(3, 2);
+  optim::SGD opt(optim::decay_groups(fc, 5e-4), /*lr=*/0.05, /*momentum=*/0.9);
+  for (const optim::ParamGroup& g : opt.param_groups()) CHECK(g.get_lr() == 0.05);
+  opt.param_groups()[1].set_lr(0.01);
+  CHECK(*opt.param_groups()[1].lr == 0.01);  // the optional, as code before get_lr() read it
+  optim::ParamGroup fresh;
+  CHECK(error_of([&] { fresh.get_lr(); }) ==
+        "ParamGroup::get_lr: this group has no lr yet; an optimizer built from it completes it from its defaults");
+}
