@@ -2,6 +2,9 @@
 
 #include <fmt/ranges.h>
 
+#include <mutex>
+#include <utility>
+
 #include <norma/core/autograd.h>
 #include <norma/layers/activation.h>
 #include <norma/layers/batchnorm2d.h>
@@ -74,16 +77,55 @@ std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn)
   return m;
 }
 
-const std::vector<std::string>& model_names() {
-  static const std::vector<std::string> names{"cifar-small", "cifar-small-class", "resnet8"};
+namespace {
+
+// The registry: names in the order they were added, each with its factory; the
+// built-in models first. Guarded by registry_mutex().
+std::vector<std::pair<std::string, ModelFactory>>& registry() {
+  static std::vector<std::pair<std::string, ModelFactory>> models{
+      {"cifar-small", [](const auto& bn) { return cifar_small(bn); }},
+      {"cifar-small-class", [](const auto& bn) { return std::make_shared<CifarSmall>(bn); }},
+      {"resnet8", [](const auto& bn) { return resnet8(bn); }}};
+  return models;
+}
+std::mutex& registry_mutex() {
+  static std::mutex m;
+  return m;
+}
+
+std::vector<std::string> names_locked() {
+  std::vector<std::string> names;
+  for (const auto& [name, factory] : registry()) names.push_back(name);
   return names;
 }
 
+}  // namespace
+
+std::vector<std::string> model_names() {
+  std::lock_guard lock(registry_mutex());
+  return names_locked();
+}
+
+void register_model(const std::string& name, ModelFactory factory) {
+  std::lock_guard lock(registry_mutex());
+  if (name.empty() || !factory)
+    fail("register_model: a model needs a non-empty name and a factory, got name '{}' and {} factory", name,
+         factory ? "a" : "a null");
+  for (const auto& [known, f] : registry())
+    if (known == name)
+      fail("register_model: '{}' is already registered; known models: {}", name, fmt::join(names_locked(), ", "));
+  registry().emplace_back(name, std::move(factory));
+}
+
 std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn) {
-  if (name == "cifar-small") return cifar_small(bn);
-  if (name == "cifar-small-class") return std::make_shared<CifarSmall>(bn);
-  if (name == "resnet8") return resnet8(bn);
-  fail("make_model: unknown model '{}'; accepted names: {}", name, fmt::join(model_names(), ", "));
+  ModelFactory factory;
+  {
+    std::lock_guard lock(registry_mutex());
+    for (const auto& [known, f] : registry())
+      if (known == name) factory = f;
+    if (!factory) fail("make_model: unknown model '{}'; accepted names: {}", name, fmt::join(names_locked(), ", "));
+  }
+  return factory(bn);  // outside the lock: a factory may build another model by name
 }
 
 namespace {

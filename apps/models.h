@@ -1,5 +1,7 @@
 // Reference models, built from Norma's layers with PyTorch's state_dict names.
 #pragma once
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,11 +44,24 @@ class CifarSmall : public Module {
 // (BasicBlock in layers/residual.h, names as torchvision's: "4.downsample.0.weight").
 std::shared_ptr<Sequential> resnet8(const std::function<ModulePtr(int64_t)>& bn = nullptr);
 
-// The models above by name: "cifar-small", "cifar-small-class" (CifarSmall)
-// or "resnet8" (model_names()); any
-// other name is an error listing the accepted ones.
+// Makes a model whose BatchNorm2d layers come from `bn` (called with each
+// layer's channel count; null: PyTorch's defaults), so the CLI's --bn-preset
+// and synchronised BatchNorm reach it. A factory may ignore `bn`.
+using ModelFactory = std::function<std::shared_ptr<Module>(const std::function<ModulePtr(int64_t)>& bn)>;
+
+// The model registry, by name: the models above ("cifar-small",
+// "cifar-small-class" (CifarSmall), "resnet8") and those a program adds.
+// make_model builds one (any other name is an error listing the known ones);
+// model_names() lists them in the order they were added.
 std::shared_ptr<Module> make_model(const std::string& name, const std::function<ModulePtr(int64_t)>& bn = nullptr);
-const std::vector<std::string>& model_names();
+std::vector<std::string> model_names();
+
+// Adds a model to the registry, for make_model, app::train(config) and
+// app::evaluate_checkpoint (whose checkpoints record the name), and the CLI's
+// --model when added before app::make_cli. Fails on an empty name, a null
+// factory or a name already registered (listing the known ones). Thread-safe.
+//   nn::register_model("my-net", [](const auto& bn) { return std::make_shared<MyNet>(bn); });
+void register_model(const std::string& name, ModelFactory factory);
 
 // A printable table of a model: each layer's name, type, output shape for an
 // input of `input_shape`, parameter count, and totals (like torchinfo). Runs

@@ -1,20 +1,12 @@
-// The training loop: data, model, optimizer, schedule, checkpoints, metrics.
+// The training loop: data, model, optimizer, schedule, checkpoints, metrics,
+// signals; train() for any nn::Module, and for a model of the registry by name.
 #include "trainer.h"
 
-#include <fcntl.h>
-#include <sys/resource.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <atomic>
-#include <cerrno>
 #include <cmath>
-#include <cstring>
-#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <nlohmann/json.hpp>
 
@@ -25,14 +17,14 @@
 
 #include "bn_stats.h"
 #include "checkpoint.h"
-#include "download.h"
 #include "models.h"
 #include "progress.h"
+#include "trainer_detail.h"
 
 namespace norma::app {
 
 using nlohmann::json;
-using Clock = std::chrono::steady_clock;
+using namespace detail;
 
 namespace {
 
@@ -51,280 +43,20 @@ struct ScopedSignal {
   void (*old_)(int);
 };
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-// Correct predictions (argmax of each logits row equals the target).
-int64_t count_correct(const Tensor& logits, const Tensor& targets) {
-  const Tensor l = logits.contiguous();
-  const std::vector<float> t = targets.to_vector();
-  const int64_t N = l.shape()[0], C = l.shape()[1];
-  const float* p = l.data_ptr();
-  int64_t correct = 0;
-  for (int64_t i = 0; i < N; ++i) {
-    int64_t best = 0;
-    for (int64_t c = 1; c < C; ++c)
-      if (p[i * C + c] > p[i * C + best]) best = c;
-    correct += best == static_cast<int64_t>(t[i]);
-  }
-  return correct;
-}
-
-std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, nn::Module& model) {
-  auto groups = optim::decay_groups(model, c.weight_decay);
-  if (c.optimizer == "sgd")
-    return std::make_unique<optim::SGD>(groups, c.lr, c.momentum, 0.0, c.weight_decay, c.nesterov && c.momentum > 0);
-  if (c.optimizer == "adam")
-    return std::make_unique<optim::Adam>(groups, c.lr, std::pair{0.9, 0.999}, 1e-8, c.weight_decay);
-  if (c.optimizer == "adamw")
-    return std::make_unique<optim::AdamW>(groups, c.lr, std::pair{0.9, 0.999}, 1e-8, c.weight_decay);
-  fail("--optimizer: '{}' is not one of sgd, adam, adamw", c.optimizer);
-}
-
-// The per-step schedule over total_steps, with `warmup_steps` of linear warm-up
-// (from 0.1 x lr); null for a constant lr without warm-up.
-std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::Optimizer& opt, int64_t total_steps,
-                                                  int64_t warmup_steps) {
-  using namespace optim;
-  if (c.schedule == "onecycle") {
-    OneCycleOptions o;
-    if (warmup_steps > 0) o.pct_start = static_cast<double>(warmup_steps) / total_steps;
-    o.cycle_momentum = c.optimizer != "sgd" || c.momentum > 0;
-    return std::make_shared<OneCycleLR>(opt, c.lr, total_steps, o);
-  }
-  std::shared_ptr<LRScheduler> main;
-  const int64_t rest = std::max<int64_t>(1, total_steps - warmup_steps);
-  if (c.schedule == "cosine")
-    main = std::make_shared<CosineAnnealingLR>(opt, rest);
-  else if (c.schedule == "step")
-    main = std::make_shared<MultiStepLR>(opt, std::vector<int64_t>{rest / 2, rest * 3 / 4}, 0.1);
-  else if (c.schedule != "constant")
-    fail("--schedule: '{}' is not one of onecycle, cosine, step, constant", c.schedule);
-  if (warmup_steps == 0) return main;
-  auto warm = std::make_shared<LinearLR>(opt, 0.1, 1.0, warmup_steps);
-  if (!main) return warm;
-  return std::make_shared<SequentialLR>(opt, std::vector<std::shared_ptr<LRScheduler>>{warm, main},
-                                        std::vector<int64_t>{warmup_steps});
-}
-
-void check_tta(const std::string& tta) {
-  if (tta != "none" && tta != "flip") fail("--tta: must be 'none' or 'flip', got '{}'", tta);
-}
-
-void check_config(const TrainConfig& c) {
-  if (c.epochs < 1) fail("--epochs: must be at least 1, got {}", c.epochs);
-  if (c.batch_size < 2) fail("--batch-size: must be at least 2 (BatchNorm needs 2 values per channel), got {}", c.batch_size);
-  if (!(c.lr > 0) || !std::isfinite(c.lr)) fail("--lr: must be a positive finite number, got {}", c.lr);
-  if (!(c.momentum >= 0 && c.momentum < 1)) fail("--momentum: must be in [0, 1), got {}", c.momentum);
-  if (!(c.weight_decay >= 0) || !std::isfinite(c.weight_decay))
-    fail("--weight-decay: must be a finite number >= 0, got {}", c.weight_decay);
-  if (!(c.warmup >= 0 && c.warmup < c.epochs))
-    fail("--warmup: must be in [0, epochs = {}), got {}", c.epochs, c.warmup);
-  if (!(c.label_smoothing >= 0 && c.label_smoothing < 1))
-    fail("--label-smoothing: must be in [0, 1), got {}", c.label_smoothing);
-  if (c.limit == 0 || c.limit < -1) fail("--limit: must be a positive number of images, got {}", c.limit);
-  if (c.threads < 0) fail("--threads: must be >= 1, got {}", c.threads);
-  if (c.crop_padding < 0 || c.crop_padding > 32) fail("--crop-padding: must be in [0, 32], got {}", c.crop_padding);
-  if (c.bn_stats_every < 1) fail("--bn-stats-every: must be >= 1, got {}", c.bn_stats_every);
-  check_tta(c.tta);
-}
-
-// Fails now, before any training, if `path` cannot be written (its directory
-// is missing or read-only), rather than after the first epoch.
-void check_writable(const char* flag, const std::string& path) {
-  if (path.empty()) return;
-  const std::string probe = path + ".probe." + std::to_string(::getpid());
-  std::FILE* f = std::fopen(probe.c_str(), "wb");
-  if (!f) fail("{}: cannot write '{}': {}", flag, path, std::strerror(errno));
-  std::fclose(f);
-  std::remove(probe.c_str());
-}
-
-// The size of a checkpoint of `model` trained by `c`'s optimizer: the model's
-// state, the optimizer's buffers (a momentum per parameter for SGD, two for
-// Adam), and room for the header and the 8-byte batch counters.
-int64_t checkpoint_bytes(const nn::Module& model, const TrainConfig& c) {
-  int64_t state = 0, params = 0;
-  for (const auto& [name, t] : model.state_dict()) state += t.numel() * 4;
-  for (const Tensor& p : model.parameters()) params += p.numel() * 4;
-  const int buffers = c.optimizer == "sgd" ? (c.momentum > 0 ? 1 : 0) : 2;
-  return state + buffers * params + (1 << 16);
-}
-
-// Fails now, before any training, if checkpoints of `bytes` cannot be written
-// beside `path` (a full disk, a quota, a file size limit), rather than after
-// the first epoch. Rewriting one needs room for two (the old file and the
-// temporary), less what a file already at `path` holds; that room is reserved
-// in probe files of at most `bytes` each, which are then removed. A disk that
-// fills during the run is the checkpoint write's own error.
-void check_room(const char* flag, const std::string& path, int64_t bytes) {
-  if (path.empty()) return;
-  std::error_code ec;
-  const auto existing = std::filesystem::file_size(path, ec);
-  const int64_t need = std::max(bytes, 2 * bytes - (ec ? 0 : static_cast<int64_t>(existing)));
-  std::vector<std::string> probes;
-  int err = 0;
-  for (int64_t left = need; left > 0 && err == 0; left -= bytes) {
-    probes.push_back(fmt::format("{}.probe.{}.{}", path, ::getpid(), probes.size()));
-    const int fd = ::open(probes.back().c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-      err = errno;
-      break;
-    }
-    err = ::posix_fallocate(fd, 0, std::min(left, bytes));  // returns the error, does not set errno
-    ::close(fd);
-  }
-  for (const std::string& p : probes) std::remove(p.c_str());
-  if (err != 0)
-    fail("{}: cannot write '{}': reserving {} bytes for its checkpoints (two of {} bytes while one is rewritten{}) "
-         "failed: {}", flag, path, need, bytes,
-         ec ? "" : fmt::format(", less the {} bytes of the file already there", existing), std::strerror(err));
-}
-
-// "'3.weight' of shape (16) holds 16 non-finite values" for the first tensor
-// of the model's or the optimizer's state that holds NaN or Inf; "" if none does.
-std::string nonfinite_state(const nn::Module& model, const optim::Optimizer& opt) {
-  NamedTensors all = model.state_dict();
-  for (auto& [name, t] : opt.state_dict().tensors) all.emplace_back("optimizer/" + name, t);
-  for (const auto& [name, t] : all) {
-    const std::vector<float> v = t.to_vector();
-    const auto bad = std::count_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); });
-    if (bad > 0) return fmt::format("'{}' of shape {} holds {} non-finite value{}", name, t.shape(), bad, bad == 1 ? "" : "s");
-  }
-  return "";
-}
-
-
-// Draws train/test loss and accuracy per epoch from the metrics CSV.
-void plot_metrics(const std::string& csv, const std::string& png) {
-  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
-    fmt::print(stderr, "norma: --plot: gnuplot is not installed, so no plot was drawn (apt-get install gnuplot-nox); "
-                       "the figures are in {}\n", csv);
-    return;
-  }
-  const std::string tmp = png + ".tmp.png";
-  const std::string script = fmt::format(
-      "set terminal pngcairo size 1100,420 font ',10'\nset output '{1}'\nset datafile separator ','\n"
-      "set key autotitle columnhead\nset grid\nset xlabel 'epoch'\nset multiplot layout 1,2\n"
-      "set title 'loss'\nset logscale y\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:5 with linespoints title 'train', "
-      "'' using 2:7 with linespoints title 'test'\n"
-      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:6 with linespoints "
-      "title 'train', '' using 2:8 with linespoints title 'test'\nunset multiplot\n",
-      csv, tmp);
-  std::FILE* gp = ::popen("gnuplot 2>&1", "w");
-  if (!gp) fail("--plot: cannot start gnuplot: {}", std::strerror(errno));
-  std::fputs(script.c_str(), gp);
-  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}'", png, csv);
-  if (std::rename(tmp.c_str(), png.c_str()) != 0) fail("--plot: cannot rename '{}' to '{}'", tmp, png);
-}
-
-const char* kMetricsHeader = "kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s";
-
-// Rows of an earlier run's metrics file up to `step`, for a resumed run.
-std::vector<std::string> read_metrics_until(const std::string& path, int64_t step) {
-  std::vector<std::string> rows;
-  std::ifstream in(path);
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.empty() || line.starts_with("kind,")) continue;
-    // kind,epoch,step,...
-    const size_t a = line.find(','), b = line.find(',', a + 1), c = line.find(',', b + 1);
-    if (a == std::string::npos || c == std::string::npos) continue;
-    if (std::stoll(line.substr(b + 1, c - b - 1)) <= step) rows.push_back(line);
-  }
-  return rows;
-}
-
 }  // namespace
 
 int interrupt_signal() { return g_signal.load(); }
 
-double peak_rss_mb() {
-  rusage u{};
-  ::getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss / 1024.0;  // ru_maxrss is in KiB on Linux
-}
-
-std::shared_ptr<nn::Module> build_model(const std::string& model, const std::string& bn_preset,
-                                        std::shared_ptr<dist::ProcessGroup> pg) {
-  nn::bn_presets::preset_by_name(bn_preset, 1);  // an unknown name fails here, listing the accepted ones
-  auto bn = [bn_preset, pg](int64_t c) -> nn::ModulePtr {
-    nn::BatchNorm2dOptions o = nn::bn_presets::preset_by_name(bn_preset, c);
-    o.layout(nn::Layout::NCHW);  // Norma's convolutions are NCHW; statistics are per channel either way
-    if (pg) o.process_group(pg);
-    return std::make_shared<nn::BatchNorm2d>(o);
-  };
-  return nn::make_model(model, bn);
-}
-
 namespace {
 
-// The batch mirrored left-right (the W axis of NCHW images), for flip TTA.
-Tensor mirrored(const Tensor& images) {
-  const Tensor x = images.contiguous();
-  Tensor out = empty(x.shape());
-  const int64_t W = x.shape().back(), rows = x.numel() / W;
-  const float* in = x.data_ptr();
-  float* o = out.data_ptr();
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t w = 0; w < W; ++w) o[r * W + w] = in[r * W + W - 1 - w];
-  return out;
-}
-
-}  // namespace
-
-EvalResult evaluate(nn::Module& model, const data::CifarDataset& ds, int64_t batch_size, dist::ProcessGroup* pg,
-                    bool flip_tta) {
-  const bool was_training = model.is_training();
-  model.eval();
-  NoGradGuard no_grad;
-  data::LoaderOptions lo;
-  lo.batch_size = batch_size;
-  lo.shuffle = false;
-  lo.augment = false;
-  lo.rank = pg ? pg->rank() : 0;  // each rank evaluates its share; the sums are combined below
-  lo.world_size = pg ? pg->size() : 1;
-  data::DataLoader loader(ds, lo);
-  loader.set_epoch(0);
-  EvalResult r;
-  double loss_sum = 0;
-  int64_t correct = 0;
-  const auto t0 = Clock::now();
-  while (auto b = loader.next()) {
-    Tensor logits = model.forward(b->images);
-    // Flip TTA: the mean of the logits for the image and its mirror image, so
-    // the loss below is the cross-entropy of the averaged prediction.
-    if (flip_tta) {
-      logits = add(logits, model.forward(mirrored(b->images)));
-      float* l = logits.data_ptr();
-      for (int64_t i = 0, n = logits.numel(); i < n; ++i) l[i] *= 0.5f;
-    }
-    loss_sum += nn::cross_entropy(logits, b->targets, nn::Reduction::sum).item();
-    correct += count_correct(logits, b->targets);
-    r.images += b->targets.numel();
-  }
-  if (pg) {
-    double sums[3] = {loss_sum, static_cast<double>(correct), static_cast<double>(r.images)};
-    pg->allreduce_sum(sums, 3);
-    loss_sum = sums[0];
-    correct = static_cast<int64_t>(sums[1]);
-    r.images = static_cast<int64_t>(sums[2]);
-  }
-  r.img_per_s = r.images / seconds_since(t0);
-  r.loss = loss_sum / r.images;
-  r.acc = static_cast<double>(correct) / r.images;
-  model.train(was_training);
-  return r;
-}
-
-namespace {
-
-// One training run, in parts: set up (the constructor), resume, train an
+// One training run of `model`, in parts: set up (the constructor: the data,
+// and the optimizer and schedule `parts` does not give), resume, train an
 // epoch step by step, evaluate and save at its end, report an interrupt,
 // finish. train() calls them in that order. Only rank 0 (lead) writes files
 // and prints; every rank runs the same collectives in the same order.
 class Run {
  public:
-  explicit Run(const TrainConfig& c);
+  Run(nn::Module& model, const TrainConfig& c, const TrainParts& parts);
   void resume();
   TrainResult train();
 
@@ -342,10 +74,11 @@ class Run {
   const Clock::time_point t_start = Clock::now();
   const int rank, world;
   const bool lead;
-  const data::CifarDataset train_set, test_set;
+  const std::shared_ptr<const data::CifarDataset> train_data, test_data;  // the parts' or loaded from c.data
+  const data::CifarDataset &train_set, &test_set;
   std::unique_ptr<data::DataLoader> loader;
-  std::shared_ptr<nn::Module> model;
-  std::unique_ptr<optim::Optimizer> opt;
+  nn::Module* const model;
+  std::shared_ptr<optim::Optimizer> opt;
   std::shared_ptr<optim::LRScheduler> sched;
   int64_t steps_per_epoch = 0;
   json run;  // what a checkpoint must agree on to be resumed by this run
@@ -365,19 +98,16 @@ class Run {
   Progress progress;
 };
 
-data::CifarDataset load_split(const TrainConfig& c, data::Split split) {
-  const std::string dir = data::find_cifar10_dir(c.data);
-  return data::CifarDataset::load(dir, split, data::CifarKind::cifar10,
-                                  split == data::Split::train ? c.limit : c.test_limit);
-}
-
-Run::Run(const TrainConfig& c)
+Run::Run(nn::Module& net, const TrainConfig& c, const TrainParts& parts)
     : c(c),
       rank(c.process_group ? c.process_group->rank() : 0),
       world(c.process_group ? c.process_group->size() : 1),
       lead(rank == 0),
-      train_set(load_split(c, data::Split::train)),
-      test_set(load_split(c, data::Split::test)),
+      train_data(load_split(c, data::Split::train, parts.train_dataset)),
+      test_data(load_split(c, data::Split::test, parts.test_dataset)),
+      train_set(*train_data),
+      test_set(*test_data),
+      model(&net),
       progress(lead && !c.quiet) {
   if (train_set.size() < c.batch_size * world)
     fail("--batch-size: {} x {} process(es) is more than the {} training images", c.batch_size, world, train_set.size());
@@ -395,20 +125,24 @@ Run::Run(const TrainConfig& c)
   lo.world_size = world;
   loader = std::make_unique<data::DataLoader>(train_set, lo);
 
-  manual_seed(c.seed);
-  model = build_model(c.model, c.bn_preset, c.sync_bn ? c.process_group : nullptr);
   if (c.process_group) dist::broadcast_state(*model, *c.process_group, 0);  // every rank starts from rank 0's weights
-  opt = make_optimizer(c, *model);
+  opt = parts.optimizer ? parts.optimizer : make_optimizer(c, *model);
   steps_per_epoch = loader->num_batches();
   const int64_t warmup_steps = static_cast<int64_t>(c.warmup * steps_per_epoch);
-  sched = make_schedule(c, *opt, steps_per_epoch * c.epochs, warmup_steps);
-  if (lead) check_room("--checkpoint", c.checkpoint, checkpoint_bytes(*model, c));
+  sched = parts.lr_scheduler ? parts.lr_scheduler(*opt, steps_per_epoch * c.epochs)
+                             : make_schedule(c, *opt, steps_per_epoch * c.epochs, warmup_steps);
+  if (lead) check_room("--checkpoint", c.checkpoint, checkpoint_bytes(*model, *opt));
+  // A part the program gave is recorded by what it is: the model by
+  // parts.model_name (else its class name), an optimizer by its kind, a schedule as "custom".
+  const std::string model_name = !parts.model_name.empty() ? parts.model_name : model->name();
+  const std::string optimizer = parts.optimizer ? opt->name() : c.optimizer;
+  const std::string schedule = parts.lr_scheduler ? "custom" : c.schedule;
   // The global batch, not batch size and world size apart: K ranks x B take
   // the same images per step as 1 process x K*B (see DataLoader), so a run may
   // resume at another width.
-  run = {{"model", c.model},          {"bn_preset", c.bn_preset},        {"epochs", c.epochs},
+  run = {{"model", model_name},       {"bn_preset", c.bn_preset},        {"epochs", c.epochs},
          {"global_batch", c.batch_size * world}, {"steps_per_epoch", steps_per_epoch},
-         {"optimizer", c.optimizer},  {"schedule", c.schedule},          {"limit", c.limit},
+         {"optimizer", optimizer},    {"schedule", schedule},            {"limit", c.limit},
          {"seed", c.seed}};
   had_checkpoint = !c.checkpoint.empty() && std::filesystem::exists(c.checkpoint);
 }
@@ -637,7 +371,7 @@ TrainResult Run::train() {
 
 }  // namespace
 
-TrainResult train(const TrainConfig& c) {
+TrainResult train(nn::Module& model, const TrainConfig& c, const TrainParts& parts) {
   check_config(c);
   if (c.threads > 0) set_num_threads(c.threads);
   // Under a file size limit (ulimit -f) a write past it then fails with EFBIG,
@@ -651,37 +385,18 @@ TrainResult train(const TrainConfig& c) {
     check_writable("--bn-stats", c.bn_stats);
     check_writable("--plot", c.plot);
   }
-  Run run(c);
+  Run run(model, c, parts);
   run.resume();
   return run.train();
 }
 
-EvalResult evaluate_checkpoint(const EvalConfig& c) {
-  if (c.checkpoint.empty()) fail("--checkpoint: a checkpoint path is required");
-  if (c.batch_size < 1) fail("--batch-size: must be at least 1, got {}", c.batch_size);
-  check_tta(c.tta);
-  if (c.threads > 0) set_num_threads(c.threads);
-  // The model and preset a Norma training checkpoint records; else the flags.
-  std::string model_name = c.model, preset = c.bn_preset;
-  const SafetensorsFile file = load_safetensors(c.checkpoint);
-  if (auto it = file.metadata.find("norma"); it != file.metadata.end()) {
-    const json meta = json::parse(it->second, nullptr, false);
-    if (meta.is_object() && meta.contains("extra") && meta["extra"].contains("run")) {
-      model_name = meta["extra"]["run"].value("model", model_name);
-      preset = meta["extra"]["run"].value("bn_preset", preset);
-    }
-  }
-  auto model = build_model(model_name, preset);
-  nn::load_checkpoint(c.checkpoint, *model, nullptr, nullptr);
-  model->eval();
-  if (c.fuse_bn) {
-    auto seq = std::dynamic_pointer_cast<nn::Sequential>(model);
-    if (!seq) fail("--fuse-bn: model '{}' is not a Sequential, so its Conv2d+BatchNorm2d pairs cannot be folded", model_name);
-    model = nn::fuse_conv_bn_eval(*seq);
-  }
-  const data::CifarDataset test_set =
-      data::CifarDataset::load(data::find_cifar10_dir(c.data), data::Split::test, data::CifarKind::cifar10, c.limit);
-  return evaluate(*model, test_set, c.batch_size, nullptr, c.tta == "flip");
+TrainResult train(const TrainConfig& c) {
+  check_config(c);  // before the model is built, as before anything else
+  manual_seed(c.seed);
+  const std::shared_ptr<nn::Module> model = build_model(c.model, c.bn_preset, c.sync_bn ? c.process_group : nullptr);
+  TrainParts parts;
+  parts.model_name = c.model;
+  return train(*model, c, parts);
 }
 
 }  // namespace norma::app

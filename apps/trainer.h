@@ -1,8 +1,17 @@
-// The training loop behind `norma train` and `norma eval`, usable from C++ too:
-// fill a TrainConfig, call train(). One epoch = one pass over the (limited)
-// training set; the schedule steps once per batch; a checkpoint is written after
-// every epoch (and on SIGINT/SIGTERM after the current step) so --resume
-// continues exactly where it stopped.
+// The training loop behind `norma train` and `norma eval`, for any model:
+//
+//   MyNet model;                                  // any class deriving nn::Module
+//   app::TrainConfig config;                      // the CLI's recipe, its defaults
+//   config.epochs = 5, config.checkpoint = "run.safetensors";
+//   app::TrainResult r = app::train(model, config);
+//
+// or, for a model of the registry (nn::make_model, nn::register_model) by name,
+// app::train(config) with config.model set, which is what `norma train` runs.
+// TrainParts swaps in an optimizer, a schedule or datasets of the program's
+// own; each part left empty is made from the config as the CLI makes it. One
+// epoch = one pass over the training set; the schedule steps once per batch; a
+// checkpoint is written after every epoch (and on SIGINT/SIGTERM after the
+// current step) so config.resume continues exactly where it stopped, bit for bit.
 //
 // A run stops with norma::Error, and the checkpoint file keeps the last good
 // state, when the loss becomes NaN/Inf (the error names the step, and with
@@ -25,12 +34,16 @@ class ProcessGroup;
 namespace norma::data {
 class CifarDataset;
 }
+namespace norma::optim {
+class Optimizer;
+class LRScheduler;
+}
 
 namespace norma::app {
 
 struct TrainConfig {
   std::string data;                 // CIFAR-10 directory ("" = data::find_cifar10_dir's search)
-  std::string model = "cifar-small";
+  std::string model = "cifar-small";  // the registered model train(config) builds (nn::model_names())
   std::string bn_preset = "pytorch";
   int64_t epochs = 15;
   int64_t batch_size = 128;
@@ -67,6 +80,30 @@ struct TrainConfig {
   std::function<void(int64_t step, double loss)> on_step;
 };
 
+// Makes a run's lr schedule, once, for the run's optimizer and its total number
+// of steps (epochs x steps per epoch); the trainer steps it after every
+// optimizer step and saves its state in checkpoints. Null keeps the lr constant.
+//   parts.lr_scheduler = [](optim::Optimizer& opt, int64_t total_steps) {
+//     return std::make_shared<optim::CosineAnnealingLR>(opt, total_steps);
+//   };
+using SchedulerFactory =
+    std::function<std::shared_ptr<optim::LRScheduler>(optim::Optimizer& optimizer, int64_t total_steps)>;
+
+// What train(model, config, parts) takes from the program instead of making it
+// from the config; each part left empty is made as `norma train` makes it.
+struct TrainParts {
+  // Over the model's parameters. Null: config.optimizer with config.lr,
+  // momentum, nesterov and weight_decay (on conv/linear weights only).
+  std::shared_ptr<optim::Optimizer> optimizer;
+  SchedulerFactory lr_scheduler;  // null: config.schedule with config.warmup
+  // Null: loaded from config.data (the first config.limit / test_limit images);
+  // given ones are used whole, and a resumed run must be given the same ones.
+  std::shared_ptr<const data::CifarDataset> train_dataset, test_dataset;
+  // The name checkpoints record (what `norma eval` builds by make_model); ""
+  // records model.name(), the class's name.
+  std::string model_name;
+};
+
 struct TrainResult {
   int64_t epochs = 0;               // epochs completed
   int64_t steps = 0;
@@ -90,6 +127,18 @@ struct EvalResult {
 std::shared_ptr<nn::Module> build_model(const std::string& model, const std::string& bn_preset,
                                         std::shared_ptr<dist::ProcessGroup> pg = nullptr);
 
+// Trains `model` (kept in place: its weights are the result) with `config`'s
+// recipe and outputs: progress, a checkpoint after each epoch, exact resume,
+// SIGINT/SIGTERM, the metrics CSV, the plot, BatchNorm diagnostics, flip TTA,
+// the test evaluation after each epoch, and with config.process_group
+// data-parallel training (the model's weights are broadcast from rank 0 and
+// gradients all-reduced every step; its BatchNorm layers sync statistics only
+// if built with that process group). config.model is not used; manual_seed
+// before building the model makes its initial weights reproducible.
+TrainResult train(nn::Module& model, const TrainConfig& config, const TrainParts& parts = {});
+
+// Builds config.model from the registry (after manual_seed(config.seed), with
+// config.bn_preset and, with sync_bn, the process group) and trains it as above.
 TrainResult train(const TrainConfig& config);
 
 // Accuracy and mean cross-entropy of `model` on `ds` (eval mode, no grad, no
