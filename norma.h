@@ -1,7 +1,24 @@
 // Norma: a small deep-learning framework. Include this one header.
+//
+// It declares every public class and function: the library norma::norma
+// (core/, layers/, optim/, data/), the trainer's library norma::train (apps/:
+// trainer, training checkpoints, built-in models, BatchNorm diagnostics, the
+// download) and the MPI process group (core/dist/mpi_process_group.h). Calling
+// the last two needs linking norma::train or norma::mpi (pkg-config norma or
+// norma-mpi). The JSON in state dicts and checkpoints is only declared here:
+// include <nlohmann/json.hpp> to read or build it. Internal headers (kernels,
+// kernel tables, helpers) are left out: tests/consumer/public_headers.cmake lists them.
 #pragma once
+#include "apps/bn_stats.h"
+#include "apps/checkpoint.h"
+#include "apps/download.h"
+#include "apps/md5.h"
+#include "apps/models.h"
+#include "apps/progress.h"
+#include "apps/trainer.h"
 #include "core/allocator.h"
 #include "core/anomaly_mode.h"
+#include "core/atomic_file.h"
 #include "core/autograd.h"
 #include "core/dist/data_parallel.h"
 #include "core/dist/mpi_process_group.h"
@@ -19,6 +36,7 @@
 #include "layers/activation.h"
 #include "layers/batchnorm2d.h"
 #include "layers/batchnorm_composite.h"
+#include "layers/batchnorm_options.h"
 #include "layers/batchnorm_presets.h"
 #include "layers/conv2d.h"
 #include "layers/dropout.h"

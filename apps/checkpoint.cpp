@@ -1,6 +1,8 @@
 // Training checkpoints: save everything, validate everything, then load.
 #include "checkpoint.h"
 
+#include <nlohmann/json.hpp>
+
 #include <map>
 
 #include "../core/safetensors.h"

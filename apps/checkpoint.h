@@ -17,7 +17,7 @@
 //   ... a new process, the same model / optimizer / scheduler built with any seed ...
 //   nn::TrainingState s = nn::load_checkpoint("run.safetensors", model, &opt, &sched);
 #pragma once
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>  // TrainingState::extra: include <nlohmann/json.hpp> to use it
 
 #include <cstdint>
 #include <string>
@@ -33,11 +33,14 @@ inline constexpr int kCheckpointFormat = 1;
 
 // Where training stands. `extra` is any JSON the caller wants back (a best
 // accuracy, a data-loader position, ...); its non-finite numbers become null.
-struct TrainingState {
+// A template only so that norma.h needs no <nlohmann/json.hpp>, as optim::StateDict.
+template <class Json = nlohmann::json>
+struct BasicTrainingState {
   int64_t epoch = 0;
   int64_t step = 0;
-  nlohmann::json extra;
+  Json extra;
 };
+using TrainingState = BasicTrainingState<>;
 
 // Writes model.state_dict(), the optimizer's state (when not null), the
 // scheduler's state (when not null; it must belong to `optimizer`), `state`

@@ -2,6 +2,8 @@
 // compiled without floating-point contraction so the values match bit for bit).
 #include "lr_scheduler.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <numbers>

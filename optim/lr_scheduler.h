@@ -13,7 +13,7 @@
 // scheduler built on an optimizer records each group's initial_lr, and the
 // base_lrs of every later one are those initial lrs.
 #pragma once
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>  // state_dict()'s JSON: include <nlohmann/json.hpp> to use it
 
 #include <cstdint>
 #include <memory>

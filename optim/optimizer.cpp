@@ -1,6 +1,8 @@
 // Optimizer base: param groups, lazily allocated per-parameter state, state_dict.
 #include "optimizer.h"
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <map>

@@ -9,7 +9,7 @@
 //   optim::SGD opt(optim::decay_groups(model.parameters(), 5e-4), 0.1, 0.9);
 //   for (...) { opt.zero_grad(); loss(model(x), y).backward(); opt.step(); }
 #pragma once
-#include <nlohmann/json.hpp>
+#include <nlohmann/json_fwd.hpp>  // the JSON parts: include <nlohmann/json.hpp> to use them
 
 #include <concepts>
 #include <cstdint>
@@ -69,11 +69,14 @@ struct ParamState {
 // each group) and <buffer> is momentum_buffer, exp_avg, exp_avg_sq or
 // max_exp_avg_sq; they share storage with the live state (clone() to keep a
 // snapshot). `meta` is {"optimizer": name, "param_groups": [{options...,
-// "params": [global indices]}], "steps": [step count per parameter]}.
-struct StateDict {
+// "params": [global indices]}], "steps": [step count per parameter]}. A
+// template only so that norma.h needs no <nlohmann/json.hpp> (docs/architecture.md).
+template <class Json = nlohmann::json>
+struct BasicStateDict {
   NamedTensors tensors;
-  nlohmann::json meta;
+  Json meta;
 };
+using StateDict = BasicStateDict<>;
 
 class Optimizer {
  public:

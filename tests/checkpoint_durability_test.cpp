@@ -19,6 +19,8 @@
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>  // nn::TrainingState's JSON member
+
 #include <norma/apps/bn_stats.h>
 #include <norma/apps/checkpoint.h>
 #include <norma/apps/models.h>
