@@ -54,7 +54,7 @@ size_t name_everything() {
                    nn::BatchNormArgs, nn::MomentumRule, nn::ReLU, nn::Flatten, nn::Dropout, nn::MaxPool2d,
                    nn::AvgPool2d, nn::AdaptiveAvgPool2d, nn::BasicBlock, nn::Sequential, nn::CrossEntropyLoss,
                    nn::NLLLoss, nn::MSELoss, nn::FusedStep, nn::Layout, nn::VarianceMethod, nn::SyncRule,
-                   nn::Reduction, nn::init::FanMode, nn::init::Nonlinearity, nn::bn_presets::BrainPyVersion>();
+                   nn::Reduction, nn::init::FanMode, nn::init::Nonlinearity, nn::bn_presets::BrainPyVersion, nn::bn_presets::PuzzleLibOptions>();
   n += (named_functions)(&nn::linear, &nn::conv2d, &nn::batch_norm2d, &nn::batch_norm2d_composite, &nn::dropout,
                        &nn::max_pool2d, &nn::avg_pool2d, &nn::adaptive_avg_pool2d, &nn::cross_entropy,
                        &nn::nll_loss, &nn::mse_loss, &nn::batch_norm_relu, &nn::batch_norm_relu_pool,
@@ -65,7 +65,12 @@ size_t name_everything() {
                        &nn::init::kaiming_normal_, &nn::init::xavier_uniform_, &nn::init::xavier_normal_);
   n += nn::init::calculate_gain(nn::init::Nonlinearity::relu) > 0;
   n += (named_functions)(&nn::bn_presets::pytorch, &nn::bn_presets::r_torch, &nn::bn_presets::megengine,
-                       &nn::bn_presets::brainpy, &nn::bn_presets::numpy_ml, &nn::bn_presets::puzzlelib,
+                       &nn::bn_presets::brainpy, &nn::bn_presets::brainpy_2_7, &nn::bn_presets::brainpy_2_8,
+                       &nn::bn_presets::numpy_ml,
+                       static_cast<nn::BatchNorm2dOptions (*)(int64_t, const nn::bn_presets::PuzzleLibOptions&)>(
+                           &nn::bn_presets::puzzlelib),
+                       static_cast<nn::BatchNorm2dOptions (*)(int64_t, double, double, double, bool, bool, bool)>(
+                           &nn::bn_presets::puzzlelib),
                        &nn::bn_presets::preset_names, &nn::bn_presets::preset_by_name,
                        &nn::bn_presets::pytorch_momentum_from_decay, &nn::bn_presets::decay_from_pytorch_momentum,
                        &nn::bn_presets::from_megengine_state_dict, &nn::bn_presets::to_megengine_state_dict);
@@ -80,9 +85,12 @@ size_t name_everything() {
   n += (named_functions)(&data::sha256_hex, &data::sha256_file, &data::draw_augment, &data::crop_flip,
                        &data::to_float);
   // apps/ (norma::train): trainer, checkpoints, built-in models, BatchNorm statistics, download, MD5.
-  n += named_types<app::TrainConfig, app::TrainResult, app::EvalResult, app::EvalConfig, app::Progress,
+  n += named_types<app::TrainConfig, app::TrainParts, app::TrainResult, app::EvalResult, app::EvalConfig, app::Progress,
                    nn::CifarSmall, nn::BnStatsRecorder, nn::BnStatsRow, data::Md5>();
-  n += (named_functions)(&app::build_model, &app::train, &app::evaluate, &app::evaluate_checkpoint,
+  n += (named_functions)(&app::build_model, static_cast<app::TrainResult (*)(const app::TrainConfig&)>(&app::train),
+                       static_cast<app::TrainResult (*)(nn::Module&, const app::TrainConfig&, const app::TrainParts&)>(
+                           &app::train),
+                       &nn::register_model, &app::evaluate, &app::evaluate_checkpoint,
                        &nn::save_checkpoint, &nn::load_checkpoint, &nn::cifar_small, &nn::resnet8,
                        &nn::make_model, &nn::model_names, &nn::summary, &data::download_cifar10,
                        &data::find_cifar10_dir, &data::md5_hex, &data::md5_file);

@@ -13,7 +13,7 @@ cmake_minimum_required(VERSION 3.25)  # policies when run alone: cmake -DINCLUDE
 set(internal_headers
   "^layers/ref/" "^layers/fast/" "^layers/batchnorm2d_op\\.h$" "^core/iter\\.h$" "^core/blas_threads\\.h$"
   "^core/dist/batchnorm_sync\\.h$")
-set(not_installed apps/cli.h apps/bench.h)  # the CLI's parser and `norma bench`
+set(not_installed apps/cli.h apps/bench.h apps/trainer_detail.h)  # the CLI's parser, `norma bench`, the trainer's internals
 
 set(root ${INCLUDE_DIR}/norma)
 if(NOT EXISTS ${root}/norma.h)
