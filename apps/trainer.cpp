@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include <norma/core/atomic_file.h>
@@ -104,6 +105,28 @@ std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::O
                                         std::vector<int64_t>{warmup_steps});
 }
 
+// torch.nn.utils.clip_grad_norm_: when the L2 norm of all the gradients
+// together exceeds max_norm, scales them to max_norm.
+void clip_grad_norm(nn::Module& model, double max_norm) {
+  std::vector<Tensor> grads;
+  double sq = 0;
+  for (Tensor& p : model.parameters()) {
+    if (!p.grad().defined()) continue;
+    if (!p.grad().is_contiguous()) p.set_grad(p.grad().contiguous());
+    grads.push_back(p.grad());
+    const float* g = grads.back().data_ptr();
+    for (int64_t i = 0, n = grads.back().numel(); i < n; ++i) sq += static_cast<double>(g[i]) * g[i];
+  }
+  const double norm = std::sqrt(sq);
+  if (norm > max_norm) {
+    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+    for (Tensor& g : grads) {
+      float* d = g.data_ptr();
+      for (int64_t i = 0, n = g.numel(); i < n; ++i) d[i] *= scale;
+    }
+  }
+}
+
 void check_tta(const std::string& tta) {
   if (tta != "none" && tta != "flip") fail("--tta: must be 'none' or 'flip', got '{}'", tta);
 }
@@ -122,6 +145,8 @@ void check_config(const TrainConfig& c) {
   if (c.limit == 0 || c.limit < -1) fail("--limit: must be a positive number of images, got {}", c.limit);
   if (c.threads < 0) fail("--threads: must be >= 1, got {}", c.threads);
   if (c.crop_padding < 0 || c.crop_padding > 32) fail("--crop-padding: must be in [0, 32], got {}", c.crop_padding);
+  if (!(c.clip_grad_norm >= 0) || !std::isfinite(c.clip_grad_norm))
+    fail("--clip-grad-norm: must be a finite number >= 0 (0: no clipping), got {}", c.clip_grad_norm);
   if (c.bn_stats_every < 1) fail("--bn-stats-every: must be >= 1, got {}", c.bn_stats_every);
   check_tta(c.tta);
 }
@@ -192,8 +217,11 @@ std::string nonfinite_state(const nn::Module& model, const optim::Optimizer& opt
 }
 
 
-// Draws train/test loss and accuracy per epoch from the metrics CSV.
-void plot_metrics(const std::string& csv, const std::string& png) {
+// Draws three panels from the metrics CSV (per epoch) and the steps CSV (per
+// step, x = step / steps per epoch, so epoch N's row sits at the end of its
+// last step): the loss, per step, smoothed and per epoch, on a log scale; the
+// accuracy; the learning rate each step trained with.
+void plot_metrics(const std::string& csv, const std::string& steps_csv, const std::string& png) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     fmt::print(stderr, "norma: --plot: gnuplot is not installed, so no plot was drawn (apt-get install gnuplot-nox); "
                        "the figures are in {}\n", csv);
@@ -201,33 +229,66 @@ void plot_metrics(const std::string& csv, const std::string& png) {
   }
   const std::string tmp = png + ".tmp.png";
   const std::string script = fmt::format(
-      "set terminal pngcairo size 1100,420 font ',10'\nset output '{1}'\nset datafile separator ','\n"
-      "set key autotitle columnhead\nset grid\nset xlabel 'epoch'\nset multiplot layout 1,2\n"
-      "set title 'loss'\nset logscale y\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:5 with linespoints title 'train', "
-      "'' using 2:7 with linespoints title 'test'\n"
-      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:6 with linespoints "
-      "title 'train', '' using 2:8 with linespoints title 'test'\nunset multiplot\n",
-      csv, tmp);
+      "set terminal pngcairo size 1500,440 font ',10'\nset output '{2}'\nset datafile separator ','\n"
+      "set grid\nset key noautotitle\nset xlabel 'epoch'\nset multiplot layout 1,3\n"
+      "E = '< grep -E \"^epoch,\" {0}'\nS = '{1}'\n"
+      "set title 'loss'\nset logscale y\n"
+      "plot S skip 1 using 2:4 with lines lc rgb '#c6dbef' title 'train, per step', "
+      "S skip 1 using 2:6 with lines lw 2 lc rgb '#2171b5' title 'train, smoothed', "
+      "E using 2:5 with points pt 7 lc rgb '#08306b' title 'train, epoch mean', "
+      "E using 2:7 with linespoints lw 2 pt 7 lc rgb '#d62728' title 'test'\n"
+      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nset key left top\n"
+      "plot S skip 1 using 2:7 with lines lw 2 lc rgb '#2171b5' title 'train, smoothed', "
+      "E using 2:6 with points pt 7 lc rgb '#08306b' title 'train, epoch mean', "
+      "E using 2:8 with linespoints lw 2 pt 7 lc rgb '#d62728' title 'test'\n"
+      "set title 'learning rate'\nset autoscale y\nset key right top\n"
+      "plot S skip 1 using 2:3 with lines lw 2 lc rgb '#238b45' title 'lr'\nunset multiplot\n",
+      csv, steps_csv, tmp);
   std::FILE* gp = ::popen("gnuplot 2>&1", "w");
   if (!gp) fail("--plot: cannot start gnuplot: {}", std::strerror(errno));
   std::fputs(script.c_str(), gp);
-  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}'", png, csv);
+  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}' and '{}'", png, csv, steps_csv);
   if (std::rename(tmp.c_str(), png.c_str()) != 0) fail("--plot: cannot rename '{}' to '{}'", tmp, png);
 }
 
 const char* kMetricsHeader = "kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s";
 
-// Rows of an earlier run's metrics file up to `step`, for a resumed run.
-std::vector<std::string> read_metrics_until(const std::string& path, int64_t step) {
+// The per-step CSV beside the metrics: m.csv -> m.steps.csv.
+std::string steps_path(const std::string& metrics) {
+  const bool csv = metrics.ends_with(".csv");
+  return (csv ? metrics.substr(0, metrics.size() - 4) : metrics) + ".steps.csv";
+}
+
+// The per-step file's header. The smoothed columns are exponential moving
+// averages with factor kEma (a span of about 20 steps), divided by
+// 1 - kEma^steps so the first steps are not pulled towards 0.
+const char* kStepsHeader = "step,epoch,lr,train_loss,train_acc,train_loss_ema,train_acc_ema";
+constexpr double kEma = 0.95;
+
+// Writes `rows` under `header` to `path`, atomically.
+void write_csv(const std::string& path, const char* header, const std::vector<std::string>& rows, const char* who) {
+  std::string text = std::string(header) + "\n";
+  for (const auto& r : rows) text += r + "\n";
+  write_file_atomically(path, text, who);
+}
+
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> fields;
+  std::istringstream row(line);
+  for (std::string f; std::getline(row, f, ',');) fields.push_back(f);
+  return fields;
+}
+
+// Rows of an earlier run's CSV whose global step (column `step_column`, from 0)
+// is at most `step`, for a resumed run.
+std::vector<std::string> read_rows_until(const std::string& path, int step_column, int64_t step) {
   std::vector<std::string> rows;
   std::ifstream in(path);
   std::string line;
+  std::getline(in, line);  // the header
   while (std::getline(in, line)) {
-    if (line.empty() || line.starts_with("kind,")) continue;
-    // kind,epoch,step,...
-    const size_t a = line.find(','), b = line.find(',', a + 1), c = line.find(',', b + 1);
-    if (a == std::string::npos || c == std::string::npos) continue;
-    if (std::stoll(line.substr(b + 1, c - b - 1)) <= step) rows.push_back(line);
+    const std::vector<std::string> fields = split_csv(line);
+    if (std::ssize(fields) > step_column && std::stoll(fields[step_column]) <= step) rows.push_back(line);
   }
   return rows;
 }
@@ -331,6 +392,8 @@ class Run {
   float train_step(const data::Batch& b);
   void end_epoch(double epoch_s, double epoch_compute, int64_t epoch_images);
   void save(int64_t at_epoch, int64_t in_epoch);
+  void record_step(double lr, float loss, double acc);
+  void restore_ema();
   void write_metrics();
   std::string checkpoint_note() const;
   void report_interrupt();
@@ -353,6 +416,9 @@ class Run {
   double epoch_loss = 0;
   int64_t epoch_correct = 0, epoch_seen = 0;
   std::vector<std::string> metric_rows;
+  std::vector<std::string> step_rows;   // the steps CSV's rows
+  double ema_loss = 0, ema_acc = 0;     // not yet divided by 1 - kEma^ema_steps
+  int64_t ema_steps = 0;
 
   int64_t saved_step = -1;  // the global step of the last checkpoint this run wrote
   bool had_checkpoint = false;
@@ -428,7 +494,11 @@ void Run::resume() {
   epoch_correct = s.extra.value("epoch_correct", int64_t{0});
   epoch_seen = s.extra.value("epoch_seen", int64_t{0});
   if (!lead) epoch_loss = 0, epoch_correct = epoch_seen = 0;  // the saved partial sums are global: count them once
-  if (lead && !c.metrics.empty()) metric_rows = read_metrics_until(c.metrics, step);
+  if (lead && !c.metrics.empty()) {
+    metric_rows = read_rows_until(c.metrics, 2, step);
+    step_rows = read_rows_until(steps_path(c.metrics), 0, step);
+    restore_ema();
+  }
   if (lead && !c.quiet)
     fmt::print("resumed from {} at epoch {} step {} ({} steps into the epoch)\n", c.resume, epoch + 1, step,
                step_in_epoch);
@@ -466,11 +536,31 @@ void Run::save(int64_t at_epoch, int64_t in_epoch) {
   saved_step = step;
 }
 
+// One row of the steps CSV: the step's lr, loss and batch accuracy, and their moving averages.
+void Run::record_step(double lr, float loss, double acc) {
+  ema_loss = kEma * ema_loss + (1 - kEma) * loss;
+  ema_acc = kEma * ema_acc + (1 - kEma) * acc;
+  const double debias = 1 - std::pow(kEma, ++ema_steps);
+  step_rows.push_back(fmt::format("{},{:.4f},{:.6g},{:.6f},{:.6f},{:.6f},{:.6f}", step,
+                                  static_cast<double>(step) / steps_per_epoch, lr, loss, acc, ema_loss / debias,
+                                  ema_acc / debias));
+}
+
+// A resumed run's moving averages continue from the last row read back.
+void Run::restore_ema() {
+  if (step_rows.empty()) return;
+  const std::vector<std::string> f = split_csv(step_rows.back());
+  if (f.size() < 7) return;
+  ema_steps = std::stoll(f[0]);
+  const double debias = 1 - std::pow(kEma, ema_steps);
+  ema_loss = std::stod(f[5]) * debias;
+  ema_acc = std::stod(f[6]) * debias;
+}
+
 void Run::write_metrics() {
   if (!lead || c.metrics.empty()) return;
-  std::string text = std::string(kMetricsHeader) + "\n";
-  for (const auto& r : metric_rows) text += r + "\n";
-  write_file_atomically(c.metrics, text, "--metrics");
+  write_csv(c.metrics, kMetricsHeader, metric_rows, "--metrics");
+  write_csv(steps_path(c.metrics), kStepsHeader, step_rows, "--metrics");
 }
 
 // One step: forward, loss, backward, (all-reduce), update. Returns the loss.
@@ -496,6 +586,7 @@ float Run::train_step(const data::Batch& b) {
          std::isnan(loss_value) ? "nan" : fmt::format("{}", loss_value), epoch + 1,
          step_in_epoch + 1, step + 1, checkpoint_note());
   if (c.process_group) dist::allreduce_gradients(*model, *c.process_group);
+  if (c.clip_grad_norm > 0) clip_grad_norm(*model, c.clip_grad_norm);
   opt->step();
   if (sched) sched->step();
   const int64_t correct = count_correct(logits, b.targets), n = b.targets.numel();
@@ -530,6 +621,7 @@ bool Run::train_epoch() {
       metric_rows.push_back(fmt::format("step,{},{},{:.6g},{:.6f},{:.6f},,,{:.4f},{:.1f}", epoch + 1, step, lr,
                                         loss_value, static_cast<double>(epoch_correct - correct_before) / n, dt,
                                         n / dt));
+    if (lead) record_step(lr, loss_value, static_cast<double>(epoch_correct - correct_before) / n);
     progress.step(step_in_epoch, loss_value, static_cast<double>(epoch_correct) / epoch_seen,
                   (epoch_images * world) / seconds_since(t_epoch));
     if (c.on_step) c.on_step(step, loss_value);
@@ -600,15 +692,18 @@ void Run::finish() {
   result.wall_s = seconds_since(t_start);
   result.peak_rss_mb = peak_rss_mb();
   if (!lead || c.plot.empty() || result.interrupted) return;
-  std::string csv = c.metrics;
-  if (csv.empty()) {  // no --metrics: draw from a temporary copy
+  std::string csv = c.metrics, steps_csv = steps_path(c.metrics);
+  if (csv.empty()) {  // no --metrics: draw from temporary copies
     csv = c.plot + ".csv.tmp";
-    std::string text = std::string(kMetricsHeader) + "\n";
-    for (const auto& r : metric_rows) text += r + "\n";
-    write_file_atomically(csv, text, "--plot");
+    steps_csv = c.plot + ".steps.csv.tmp";
+    write_csv(csv, kMetricsHeader, metric_rows, "--plot");
+    write_csv(steps_csv, kStepsHeader, step_rows, "--plot");
   }
-  plot_metrics(csv, c.plot);
-  if (c.metrics.empty()) std::remove(csv.c_str());
+  plot_metrics(csv, steps_csv, c.plot);
+  if (c.metrics.empty()) {
+    std::remove(csv.c_str());
+    std::remove(steps_csv.c_str());
+  }
 }
 
 TrainResult Run::train() {
