@@ -47,6 +47,8 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
       ->check(CLI::NonNegativeNumber)->capture_default_str();
   train->add_option("--label-smoothing", tc.label_smoothing, "cross-entropy label smoothing")
       ->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  train->add_option("--clip-grad-norm", tc.clip_grad_norm, "clip the gradients' joint L2 norm to this (0: off)")
+      ->check(CLI::NonNegativeNumber)->capture_default_str();
   train->add_flag("--no-augment", opt.no_augment, "no random crop and flip");
   train->add_option("--crop-padding", tc.crop_padding, "zero padding of the random crop (offsets in [-p, p])")
       ->check(CLI::Range(int64_t{0}, int64_t{32}))->capture_default_str();
@@ -61,12 +63,12 @@ std::unique_ptr<CLI::App> make_cli(CliOptions& opt) {
   train->add_option("--test-limit", tc.test_limit, "evaluate on the first N test images")->check(CLI::PositiveNumber);
   train->add_option("--checkpoint", tc.checkpoint, "checkpoint written after every epoch (atomically)");
   train->add_option("--resume", tc.resume, "continue the run saved in this checkpoint")->check(CLI::ExistingFile);
-  train->add_option("--metrics", tc.metrics, "CSV of per-epoch metrics");
+  train->add_option("--metrics", tc.metrics, "CSV of per-epoch metrics (and PATH.steps.csv, per step)");
   train->add_flag("--metrics-steps", tc.metrics_every_step, "also one --metrics row per step");
   train->add_option("--bn-stats", tc.bn_stats, "CSV of BatchNorm batch vs running statistics");
   train->add_option("--bn-stats-every", tc.bn_stats_every, "steps between --bn-stats rows")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  train->add_option("--plot", tc.plot, "PNG of the loss and accuracy curves (needs gnuplot)");
+  train->add_option("--plot", tc.plot, "PNG of the loss, accuracy and lr curves (needs gnuplot)");
   train->add_flag("--json", tc.json, "print a one-line JSON summary as the last line");
   train->add_flag("--detect-anomaly", tc.detect_anomaly,
                   "check every op's output and every gradient for NaN/Inf and stop at the first, naming its op (slower)");

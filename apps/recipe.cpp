@@ -64,6 +64,29 @@ std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::O
                                         std::vector<int64_t>{warmup_steps});
 }
 
+// torch.nn.utils.clip_grad_norm_: when the L2 norm of all the gradients
+// together exceeds max_norm, scales them to max_norm.
+void clip_grad_norm(nn::Module& model, double max_norm) {
+  std::vector<Tensor> grads;
+  double sq = 0;
+  for (Tensor& p : model.parameters()) {
+    if (!p.grad().defined()) continue;
+    if (!p.grad().is_contiguous()) p.set_grad(p.grad().contiguous());
+    grads.push_back(p.grad());
+    const float* g = grads.back().data_ptr();
+    for (int64_t i = 0, n = grads.back().numel(); i < n; ++i) sq += static_cast<double>(g[i]) * g[i];
+  }
+  const double norm = std::sqrt(sq);
+  if (norm > max_norm) {
+    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+    for (Tensor& g : grads) {
+      float* d = g.data_ptr();
+      for (int64_t i = 0, n = g.numel(); i < n; ++i) d[i] *= scale;
+    }
+  }
+}
+
+
 void check_tta(const std::string& tta) {
   if (tta != "none" && tta != "flip") fail("--tta: must be 'none' or 'flip', got '{}'", tta);
 }
@@ -82,6 +105,8 @@ void check_config(const TrainConfig& c) {
   if (c.limit == 0 || c.limit < -1) fail("--limit: must be a positive number of images, got {}", c.limit);
   if (c.threads < 0) fail("--threads: must be >= 1, got {}", c.threads);
   if (c.crop_padding < 0 || c.crop_padding > 32) fail("--crop-padding: must be in [0, 32], got {}", c.crop_padding);
+  if (!(c.clip_grad_norm >= 0) || !std::isfinite(c.clip_grad_norm))
+    fail("--clip-grad-norm: must be a finite number >= 0 (0: no clipping), got {}", c.clip_grad_norm);
   if (c.bn_stats_every < 1) fail("--bn-stats-every: must be >= 1, got {}", c.bn_stats_every);
   check_tta(c.tta);
 }

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include <norma/norma.h>
@@ -100,8 +101,11 @@ std::string nonfinite_state(const nn::Module& model, const optim::Optimizer& opt
 }
 
 
-// Draws train/test loss and accuracy per epoch from the metrics CSV.
-void plot_metrics(const std::string& csv, const std::string& png) {
+// Draws three panels from the metrics CSV (per epoch) and the steps CSV (per
+// step, x = step / steps per epoch, so epoch N's row sits at the end of its
+// last step): the loss, per step, smoothed and per epoch, on a log scale; the
+// accuracy; the learning rate each step trained with.
+void plot_metrics(const std::string& csv, const std::string& steps_csv, const std::string& png) {
   if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) {
     fmt::print(stderr, "norma: --plot: gnuplot is not installed, so no plot was drawn (apt-get install gnuplot-nox); "
                        "the figures are in {}\n", csv);
@@ -109,33 +113,63 @@ void plot_metrics(const std::string& csv, const std::string& png) {
   }
   const std::string tmp = png + ".tmp.png";
   const std::string script = fmt::format(
-      "set terminal pngcairo size 1100,420 font ',10'\nset output '{1}'\nset datafile separator ','\n"
-      "set key autotitle columnhead\nset grid\nset xlabel 'epoch'\nset multiplot layout 1,2\n"
-      "set title 'loss'\nset logscale y\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:5 with linespoints title 'train', "
-      "'' using 2:7 with linespoints title 'test'\n"
-      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nplot '< grep -E \"^(kind|epoch),\" {0}' using 2:6 with linespoints "
-      "title 'train', '' using 2:8 with linespoints title 'test'\nunset multiplot\n",
-      csv, tmp);
+      "set terminal pngcairo size 1500,440 font ',10'\nset output '{2}'\nset datafile separator ','\n"
+      "set grid\nset key noautotitle\nset xlabel 'epoch'\nset multiplot layout 1,3\n"
+      "E = '< grep -E \"^epoch,\" {0}'\nS = '{1}'\n"
+      "set title 'loss'\nset logscale y\n"
+      "plot S skip 1 using 2:4 with lines lc rgb '#c6dbef' title 'train, per step', "
+      "S skip 1 using 2:6 with lines lw 2 lc rgb '#2171b5' title 'train, smoothed', "
+      "E using 2:5 with points pt 7 lc rgb '#08306b' title 'train, epoch mean', "
+      "E using 2:7 with linespoints lw 2 pt 7 lc rgb '#d62728' title 'test'\n"
+      "set title 'accuracy'\nunset logscale y\nset yrange [0:1]\nset key left top\n"
+      "plot S skip 1 using 2:7 with lines lw 2 lc rgb '#2171b5' title 'train, smoothed', "
+      "E using 2:6 with points pt 7 lc rgb '#08306b' title 'train, epoch mean', "
+      "E using 2:8 with linespoints lw 2 pt 7 lc rgb '#d62728' title 'test'\n"
+      "set title 'learning rate'\nset autoscale y\nset key right top\n"
+      "plot S skip 1 using 2:3 with lines lw 2 lc rgb '#238b45' title 'lr'\nunset multiplot\n",
+      csv, steps_csv, tmp);
   std::FILE* gp = ::popen("gnuplot 2>&1", "w");
   if (!gp) fail("--plot: cannot start gnuplot: {}", std::strerror(errno));
   std::fputs(script.c_str(), gp);
-  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}'", png, csv);
+  if (::pclose(gp) != 0) fail("--plot: gnuplot failed drawing '{}' from '{}' and '{}'", png, csv, steps_csv);
   if (std::rename(tmp.c_str(), png.c_str()) != 0) fail("--plot: cannot rename '{}' to '{}'", tmp, png);
 }
 
 const char* kMetricsHeader = "kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s";
 
-// Rows of an earlier run's metrics file up to `step`, for a resumed run.
-std::vector<std::string> read_metrics_until(const std::string& path, int64_t step) {
+// The per-step CSV beside the metrics: m.csv -> m.steps.csv.
+std::string steps_path(const std::string& metrics) {
+  const bool csv = metrics.ends_with(".csv");
+  return (csv ? metrics.substr(0, metrics.size() - 4) : metrics) + ".steps.csv";
+}
+
+// The per-step file's header (the smoothing: kEma, trainer_detail.h).
+const char* kStepsHeader = "step,epoch,lr,train_loss,train_acc,train_loss_ema,train_acc_ema";
+
+// Writes `rows` under `header` to `path`, atomically.
+void write_csv(const std::string& path, const char* header, const std::vector<std::string>& rows, const char* who) {
+  std::string text = std::string(header) + "\n";
+  for (const auto& r : rows) text += r + "\n";
+  write_file_atomically(path, text, who);
+}
+
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> fields;
+  std::istringstream row(line);
+  for (std::string f; std::getline(row, f, ',');) fields.push_back(f);
+  return fields;
+}
+
+// Rows of an earlier run's CSV whose global step (column `step_column`, from 0)
+// is at most `step`, for a resumed run.
+std::vector<std::string> read_rows_until(const std::string& path, int step_column, int64_t step) {
   std::vector<std::string> rows;
   std::ifstream in(path);
   std::string line;
+  std::getline(in, line);  // the header
   while (std::getline(in, line)) {
-    if (line.empty() || line.starts_with("kind,")) continue;
-    // kind,epoch,step,...
-    const size_t a = line.find(','), b = line.find(',', a + 1), c = line.find(',', b + 1);
-    if (a == std::string::npos || c == std::string::npos) continue;
-    if (std::stoll(line.substr(b + 1, c - b - 1)) <= step) rows.push_back(line);
+    const std::vector<std::string> fields = split_csv(line);
+    if (std::ssize(fields) > step_column && std::stoll(fields[step_column]) <= step) rows.push_back(line);
   }
   return rows;
 }

@@ -65,6 +65,8 @@ class Run {
   float train_step(const data::Batch& b);
   void end_epoch(double epoch_s, double epoch_compute, int64_t epoch_images);
   void save(int64_t at_epoch, int64_t in_epoch);
+  void record_step(double lr, float loss, double acc);
+  void restore_ema();
   void write_metrics();
   std::string checkpoint_note() const;
   void report_interrupt();
@@ -88,6 +90,9 @@ class Run {
   double epoch_loss = 0;
   int64_t epoch_correct = 0, epoch_seen = 0;
   std::vector<std::string> metric_rows;
+  std::vector<std::string> step_rows;   // the steps CSV's rows
+  double ema_loss = 0, ema_acc = 0;     // not yet divided by 1 - kEma^ema_steps
+  int64_t ema_steps = 0;
 
   int64_t saved_step = -1;  // the global step of the last checkpoint this run wrote
   bool had_checkpoint = false;
@@ -164,7 +169,11 @@ void Run::resume() {
   epoch_correct = s.extra.value("epoch_correct", int64_t{0});
   epoch_seen = s.extra.value("epoch_seen", int64_t{0});
   if (!lead) epoch_loss = 0, epoch_correct = epoch_seen = 0;  // the saved partial sums are global: count them once
-  if (lead && !c.metrics.empty()) metric_rows = read_metrics_until(c.metrics, step);
+  if (lead && !c.metrics.empty()) {
+    metric_rows = read_rows_until(c.metrics, 2, step);
+    step_rows = read_rows_until(steps_path(c.metrics), 0, step);
+    restore_ema();
+  }
   if (lead && !c.quiet)
     fmt::print("resumed from {} at epoch {} step {} ({} steps into the epoch)\n", c.resume, epoch + 1, step,
                step_in_epoch);
@@ -202,11 +211,31 @@ void Run::save(int64_t at_epoch, int64_t in_epoch) {
   saved_step = step;
 }
 
+// One row of the steps CSV: the step's lr, loss and batch accuracy, and their moving averages.
+void Run::record_step(double lr, float loss, double acc) {
+  ema_loss = kEma * ema_loss + (1 - kEma) * loss;
+  ema_acc = kEma * ema_acc + (1 - kEma) * acc;
+  const double debias = 1 - std::pow(kEma, ++ema_steps);
+  step_rows.push_back(fmt::format("{},{:.4f},{:.6g},{:.6f},{:.6f},{:.6f},{:.6f}", step,
+                                  static_cast<double>(step) / steps_per_epoch, lr, loss, acc, ema_loss / debias,
+                                  ema_acc / debias));
+}
+
+// A resumed run's moving averages continue from the last row read back.
+void Run::restore_ema() {
+  if (step_rows.empty()) return;
+  const std::vector<std::string> f = split_csv(step_rows.back());
+  if (f.size() < 7) return;
+  ema_steps = std::stoll(f[0]);
+  const double debias = 1 - std::pow(kEma, ema_steps);
+  ema_loss = std::stod(f[5]) * debias;
+  ema_acc = std::stod(f[6]) * debias;
+}
+
 void Run::write_metrics() {
   if (!lead || c.metrics.empty()) return;
-  std::string text = std::string(kMetricsHeader) + "\n";
-  for (const auto& r : metric_rows) text += r + "\n";
-  write_file_atomically(c.metrics, text, "--metrics");
+  write_csv(c.metrics, kMetricsHeader, metric_rows, "--metrics");
+  write_csv(steps_path(c.metrics), kStepsHeader, step_rows, "--metrics");
 }
 
 // One step: forward, loss, backward, (all-reduce), update. Returns the loss.
@@ -232,6 +261,7 @@ float Run::train_step(const data::Batch& b) {
          std::isnan(loss_value) ? "nan" : fmt::format("{}", loss_value), epoch + 1,
          step_in_epoch + 1, step + 1, checkpoint_note());
   if (c.process_group) dist::allreduce_gradients(*model, *c.process_group);
+  if (c.clip_grad_norm > 0) clip_grad_norm(*model, c.clip_grad_norm);
   opt->step();
   if (sched) sched->step();
   const int64_t correct = count_correct(logits, b.targets), n = b.targets.numel();
@@ -266,6 +296,7 @@ bool Run::train_epoch() {
       metric_rows.push_back(fmt::format("step,{},{},{:.6g},{:.6f},{:.6f},,,{:.4f},{:.1f}", epoch + 1, step, lr,
                                         loss_value, static_cast<double>(epoch_correct - correct_before) / n, dt,
                                         n / dt));
+    if (lead) record_step(lr, loss_value, static_cast<double>(epoch_correct - correct_before) / n);
     progress.step(step_in_epoch, loss_value, static_cast<double>(epoch_correct) / epoch_seen,
                   (epoch_images * world) / seconds_since(t_epoch));
     if (c.on_step) c.on_step(step, loss_value);
@@ -336,15 +367,18 @@ void Run::finish() {
   result.wall_s = seconds_since(t_start);
   result.peak_rss_mb = peak_rss_mb();
   if (!lead || c.plot.empty() || result.interrupted) return;
-  std::string csv = c.metrics;
-  if (csv.empty()) {  // no --metrics: draw from a temporary copy
+  std::string csv = c.metrics, steps_csv = steps_path(c.metrics);
+  if (csv.empty()) {  // no --metrics: draw from temporary copies
     csv = c.plot + ".csv.tmp";
-    std::string text = std::string(kMetricsHeader) + "\n";
-    for (const auto& r : metric_rows) text += r + "\n";
-    write_file_atomically(csv, text, "--plot");
+    steps_csv = c.plot + ".steps.csv.tmp";
+    write_csv(csv, kMetricsHeader, metric_rows, "--plot");
+    write_csv(steps_csv, kStepsHeader, step_rows, "--plot");
   }
-  plot_metrics(csv, c.plot);
-  if (c.metrics.empty()) std::remove(csv.c_str());
+  plot_metrics(csv, steps_csv, c.plot);
+  if (c.metrics.empty()) {
+    std::remove(csv.c_str());
+    std::remove(steps_csv.c_str());
+  }
 }
 
 TrainResult Run::train() {

@@ -55,6 +55,8 @@ struct TrainConfig {
   std::string schedule = "onecycle";  // onecycle | cosine | step | constant
   double warmup = 0;                // epochs of linear warm-up (onecycle: its rising phase)
   double label_smoothing = 0.1;
+  double clip_grad_norm = 1;        // gradients scaled down to this joint L2 norm when above it (0: off);
+                                    // without it short runs diverge in their first steps (docs/training.md)
   bool augment = true;              // random crop + horizontal flip
   int64_t crop_padding = 2;         // the random crop's zero padding (offsets in [-p, p])
   std::string tta = "flip";         // test-time augmentation of the test evaluations: none | flip
@@ -64,11 +66,12 @@ struct TrainConfig {
   int64_t test_limit = -1;          // evaluate on the first N test images
   std::string checkpoint;           // written after each epoch, atomically
   std::string resume;
-  std::string metrics;              // CSV, one row per epoch (and per step with metrics_every_step)
+  std::string metrics;              // CSV, one row per epoch (and per step with metrics_every_step); beside it
+                                    // a .steps.csv, one row per step with moving averages (docs/training.md)
   bool metrics_every_step = false;
   std::string bn_stats;             // BatchNorm diagnostics CSV
   int64_t bn_stats_every = 50;      // steps between BatchNorm diagnostics rows
-  std::string plot;                 // PNG of the curves (gnuplot)
+  std::string plot;                 // PNG of the loss, accuracy and lr, per step and per epoch (gnuplot)
   bool json = false;                // one-line JSON summary as the last line of stdout
   bool detect_anomaly = false;      // autograd::DetectAnomalyGuard for the run: a NaN/Inf stops it naming the op
   bool quiet = false;               // no progress output

@@ -36,6 +36,8 @@ std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& c, nn::Modul
 // `given` when there is one, else the split loaded from c.data.
 std::shared_ptr<const data::CifarDataset> load_split(const TrainConfig& c, data::Split split,
                                                      std::shared_ptr<const data::CifarDataset> given);
+// torch.nn.utils.clip_grad_norm_: scales the gradients to norm max_norm when above it.
+void clip_grad_norm(nn::Module& model, double max_norm);
 // The per-step schedule over total_steps, with `warmup_steps` of linear warm-up
 // (from 0.1 x lr); null for a constant lr without warm-up.
 std::shared_ptr<optim::LRScheduler> make_schedule(const TrainConfig& c, optim::Optimizer& opt, int64_t total_steps,
@@ -50,8 +52,21 @@ void check_writable(const char* flag, const std::string& path);
 int64_t checkpoint_bytes(const nn::Module& model, const optim::Optimizer& opt);
 void check_room(const char* flag, const std::string& path, int64_t bytes);
 std::string nonfinite_state(const nn::Module& model, const optim::Optimizer& opt);
-void plot_metrics(const std::string& csv, const std::string& png);
+// Draws the metrics CSV (per epoch) and the steps CSV (per step) to png.
+void plot_metrics(const std::string& csv, const std::string& steps_csv, const std::string& png);
 extern const char* kMetricsHeader;
-std::vector<std::string> read_metrics_until(const std::string& path, int64_t step);
+extern const char* kStepsHeader;
+// The steps CSV's smoothed columns are exponential moving averages with factor
+// kEma (a span of about 20 steps), divided by 1 - kEma^steps so the first
+// steps are not pulled towards 0.
+constexpr double kEma = 0.95;
+// The per-step CSV beside the metrics: m.csv -> m.steps.csv.
+std::string steps_path(const std::string& metrics);
+// Writes `rows` under `header` to `path`, atomically.
+void write_csv(const std::string& path, const char* header, const std::vector<std::string>& rows, const char* who);
+std::vector<std::string> split_csv(const std::string& line);
+// Rows of an earlier run's CSV whose global step (column `step_column`, from 0)
+// is at most `step`, for a resumed run.
+std::vector<std::string> read_rows_until(const std::string& path, int step_column, int64_t step);
 
 }  // namespace norma::app::detail

@@ -33,7 +33,7 @@ std::string parse(app::CliOptions& opt, const std::string& args) {
 TEST_CASE("cli parser: a train command fills the train config and nothing else") {
   app::CliOptions opt;
   REQUIRE(parse(opt, "train --epochs 2 --lr 0.1 --momentum 0.5 --weight-decay 0 --warmup 1.5 --label-smoothing 0.1 "
-                     "--no-augment --limit 100") == "");
+                     "--no-augment --limit 100 --clip-grad-norm 2.5") == "");
   CHECK(opt.train.epochs == 2);
   CHECK(opt.train.lr == 0.1);
   CHECK(opt.train.momentum == 0.5);
@@ -42,6 +42,7 @@ TEST_CASE("cli parser: a train command fills the train config and nothing else")
   CHECK(opt.train.label_smoothing == 0.1);
   CHECK(opt.no_augment);
   CHECK(opt.train.limit == 100);
+  CHECK(opt.train.clip_grad_norm == 2.5);
   CHECK(opt.eval.batch_size == app::EvalConfig{}.batch_size);
 }
 

@@ -71,8 +71,8 @@ std::string train_args(const fs::path& w) {
 
 TEST_CASE("cli: train learns the synthetic task and writes checkpoint, metrics and a JSON summary") {
   const fs::path w = workdir("train");
-  const Run r = norma_cli(w, train_args(w) + fmt::format(" --checkpoint {0}/ck.safetensors --metrics {0}/m.csv --json",
-                                                          w.string()));
+  const Run r = norma_cli(w, train_args(w) + fmt::format(" --checkpoint {0}/ck.safetensors --metrics {0}/m.csv --json "
+                                                          "--plot {0}/p.png", w.string()));
   INFO(r.err);
   REQUIRE(r.code == 0);
   const json j = r.last_json();
@@ -86,6 +86,12 @@ TEST_CASE("cli: train learns the synthetic task and writes checkpoint, metrics a
   CHECK(metrics.starts_with("kind,epoch,step,lr,train_loss,train_acc,test_loss,test_acc,seconds,img_per_s\n"));
   CHECK(std::count(metrics.begin(), metrics.end(), '\n') == 4);
   CHECK(metrics.find("epoch,3,30,") != std::string::npos);
+  // Beside it, one row per step: the lr it trained with, its loss and accuracy, and their moving averages.
+  const std::string steps = slurp(w / "m.steps.csv");
+  CHECK(steps.starts_with("step,epoch,lr,train_loss,train_acc,train_loss_ema,train_acc_ema\n1,0.1000,"));
+  CHECK(std::count(steps.begin(), steps.end(), '\n') == 31);
+  CHECK(steps.find("\n30,3.0000,") != std::string::npos);
+  if (std::system("command -v gnuplot >/dev/null 2>&1") == 0) CHECK(slurp(w / "p.png").starts_with("\x89PNG"));
 
   // eval of that checkpoint gives the accuracy train reported, also with BatchNorm folded.
   const Run e = norma_cli(w, fmt::format("eval --data {0}/data --checkpoint {0}/ck.safetensors --limit 100 --json",
@@ -113,9 +119,11 @@ TEST_CASE("train: a run interrupted by SIGINT and resumed takes exactly the unin
   c.threads = 1;
   std::vector<double> straight, resumed;
   c.on_step = [&](int64_t, double loss) { straight.push_back(loss); };
+  c.metrics = (w / "straight.csv").string();
   const auto full = norma::app::train(c);
   REQUIRE(straight.size() == 20);
 
+  c.metrics = (w / "m.csv").string();
   c.checkpoint = (w / "ck.safetensors").string();
   c.on_step = [&](int64_t step, double loss) {
     resumed.push_back(loss);
@@ -132,6 +140,67 @@ TEST_CASE("train: a run interrupted by SIGINT and resumed takes exactly the unin
   CHECK(resumed == straight);  // bit for bit
   CHECK(second.test_loss == full.test_loss);
   CHECK(second.train_loss == full.train_loss);
+  // The per-step CSV carries on where it stopped: the same rows, the moving
+  // averages restored from the 6 decimals written.
+  auto rows = [](const fs::path& p) {
+    std::vector<std::vector<std::string>> out;
+    std::istringstream in(slurp(p));
+    for (std::string line; std::getline(in, line);) {
+      out.emplace_back();
+      std::istringstream row(line);
+      for (std::string f; std::getline(row, f, ',');) out.back().push_back(f);
+    }
+    return out;
+  };
+  const auto a = rows(w / "straight.steps.csv"), b = rows(w / "m.steps.csv");
+  REQUIRE(a.size() == 21);
+  REQUIRE(b.size() == a.size());
+  for (size_t i = 1; i < a.size(); ++i) {
+    REQUIRE(a[i].size() == 7);
+    REQUIRE(b[i].size() == 7);
+    for (int k = 0; k < 5; ++k) CHECK(a[i][k] == b[i][k]);
+    for (int k = 5; k < 7; ++k) CHECK(std::stod(a[i][k]) == Approx(std::stod(b[i][k])).margin(2e-6));
+  }
+  fs::remove_all(w);
+}
+
+TEST_CASE("train: --clip-grad-norm scales a step's gradients down to that norm, and leaves smaller ones alone") {
+  const fs::path w = workdir("clip");
+  // One step of plain SGD (lr 1, no momentum, no weight decay), so the change
+  // of the parameters is the gradient the optimizer was given.
+  norma::app::TrainConfig c;
+  c.data = (w / "data").string();
+  c.epochs = 1;
+  c.batch_size = 20;
+  c.limit = 20;
+  c.lr = 1;
+  c.momentum = 0;
+  c.weight_decay = 0;
+  c.schedule = "constant";
+  c.test_limit = 20;
+  c.quiet = true;
+  c.threads = 1;
+  c.checkpoint = (w / "ck.safetensors").string();
+  norma::manual_seed(c.seed);
+  const auto start = norma::app::build_model(c.model, c.bn_preset);
+  auto step_norm = [&](double clip) {
+    c.clip_grad_norm = clip;
+    norma::app::train(c);
+    const auto after = norma::app::build_model(c.model, c.bn_preset);
+    norma::nn::load_checkpoint(c.checkpoint, *after, nullptr, nullptr);
+    double sq = 0;
+    const auto p0 = start->parameters(), p1 = after->parameters();
+    for (size_t i = 0; i < p0.size(); ++i) {
+      const auto x = p0[i].to_vector(), y = p1[i].to_vector();
+      for (size_t j = 0; j < x.size(); ++j) sq += (double(y[j]) - x[j]) * (double(y[j]) - x[j]);
+    }
+    return std::sqrt(sq);
+  };
+  const double unclipped = step_norm(0);
+  INFO("the gradient's norm: " << unclipped);
+  REQUIRE(unclipped > 0.01);
+  CHECK(step_norm(0.01) == Approx(0.01).epsilon(1e-3));
+  CHECK(step_norm(2 * unclipped) == Approx(unclipped).epsilon(1e-6));
   fs::remove_all(w);
 }
 
@@ -243,6 +312,7 @@ TEST_CASE("cli: bad flags and files fail with a message naming them") {
       {"train --lr -1", "--lr"},
       {"train --momentum 1.5", "--momentum"},
       {"train --label-smoothing 1", "--label-smoothing"},
+      {"train --clip-grad-norm -1", "--clip-grad-norm"},
       {"train --data " + w.string() + "/nowhere", "nowhere"},
       {"train --data " + data + " --warmup 5 --epochs 2", "--warmup"},
       {"train --data " + data + " --checkpoint " + w.string() + "/no/such/dir/ck.safetensors", "--checkpoint"},
@@ -281,9 +351,12 @@ TEST_CASE("cli: --resume refuses a checkpoint from a run with other settings") {
 }
 
 TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and eval agrees") {
-  // On the reference kernels alone (-DNORMA_FAST_KERNELS=OFF) training runs
-  // about 13x slower: there, 5,000 images and 2,000 test images, and 30%
-  // (33.2% measured; 10% is chance).
+  // The default recipe, only shortened (issue 27: it must learn at any
+  // length). On the reference kernels alone (-DNORMA_FAST_KERNELS=OFF)
+  // training runs about 13x slower: there, 5,000 images and 2,000 test
+  // images, and 30% (10% is chance; 33.2% measured there with --lr 0.02
+  // before gradient clipping was the default; 43.3% with the fast kernels,
+  // the whole test set and flip TTA).
   const bool fast = norma::fast_kernels_built();
   const std::string limits = fast ? "--limit 10000" : "--limit 5000 --test-limit 2000";
   const fs::path real = fs::path(NORMA_SOURCE_DIR) / ".." / "shared" / "cifar10" / "cifar-10-batches-bin";
@@ -293,7 +366,7 @@ TEST_CASE("cli: on the real CIFAR-10, one epoch on 10,000 images reaches 40% and
   }
   const fs::path w = workdir("real", 1, 1);
   // --tta none: flip TTA would double both evaluations of 10,000 images in CI.
-  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 {} --lr 0.02 --tta none --quiet --json "
+  const Run r = norma_cli(w, fmt::format("train --data {} --epochs 1 {} --tta none --quiet --json "
                                          "--checkpoint {}/ck.safetensors", real.string(), limits, w.string()));
   INFO(r.err);
   REQUIRE(r.code == 0);

@@ -79,6 +79,10 @@ TEST_CASE("errors: the trainer checks its config before anything else") {
   CHECK_THAT(msg([](auto& c) { c.warmup = 1; }), Contains("--warmup: must be in [0, epochs = 1), got 1"));
   CHECK_THAT(msg([](auto& c) { c.warmup = NAN; }), Contains("--warmup: must be in [0, epochs = 1), got nan"));
   CHECK_THAT(msg([](auto& c) { c.label_smoothing = NAN; }), Contains("--label-smoothing: must be in [0, 1), got nan"));
+  CHECK_THAT(msg([](auto& c) { c.clip_grad_norm = -1; }),
+             Contains("--clip-grad-norm: must be a finite number >= 0 (0: no clipping), got -1"));
+  CHECK_THAT(msg([](auto& c) { c.clip_grad_norm = INFINITY; }),
+             Contains("--clip-grad-norm: must be a finite number >= 0 (0: no clipping), got inf"));
   CHECK_THAT(msg([](auto& c) { c.limit = 0; }), Contains("--limit: must be a positive number of images, got 0"));
   CHECK_THAT(msg([](auto& c) { c.limit = -5; }), Contains("--limit: must be a positive number of images, got -5"));
   CHECK_THAT(msg([](auto& c) { c.threads = -1; }), Contains("--threads: must be >= 1, got -1"));
@@ -247,6 +251,7 @@ TEST_CASE("errors: norma exits 2 for an unknown command, CLI11's code for a bad 
       {"train --momentum nan", 1, "norma: error: --momentum: must be in [0, 1), got nan"},
       {"train --weight-decay nan", 1, "norma: error: --weight-decay: must be a finite number >= 0, got nan"},
       {"train --label-smoothing nan", 1, "norma: error: --label-smoothing: must be in [0, 1), got nan"},
+      {"train --clip-grad-norm nan", 1, "norma: error: --clip-grad-norm: must be a finite number >= 0 (0: no clipping), got nan"},
       {"train --warmup nan", 1, "norma: error: --warmup: must be in [0, epochs = 15), got nan"},
       {"demo --lr nan --steps 1", 1, "norma: error: --lr: must be a positive finite number, got nan"},
       {"train --data " + dir.str("nowhere"), 1,
