@@ -1,8 +1,11 @@
 // The kernel policy, and the one place Norma reads the kernel variables of the environment.
 #include "kernel_policy.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
+#include <string>
 
 #include "error.h"
 
@@ -44,6 +47,15 @@ KernelPolicy KernelPolicy::from_env() {
       fail("NORMA_WINOGRAD_F44: expected a channel count >= 0, got '{}'", v);
     p.winograd_f44_channels = n;
   }
+  if (const char* v = std::getenv("NORMA_ISA")) {
+    const Isa levels[] = {Isa::automatic, Isa::baseline, Isa::avx2, Isa::avx512};
+    auto named = std::find_if(std::begin(levels), std::end(levels),
+                              [&](Isa i) { return std::strcmp(v, isa_name(i)) == 0; });
+    if (named == std::end(levels))
+      fail("NORMA_ISA: expected 'auto', 'baseline', 'avx2' or 'avx512', got '{}'", v);
+    check_isa(*named);
+    p.isa = *named;
+  }
   return p;
 }
 
@@ -55,9 +67,45 @@ bool fast_kernels_built() {
 #endif
 }
 
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::baseline: return "baseline";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    default: return "auto";
+  }
+}
+
+Isa cpu_isa() {
+  static const Isa best = [] {
+    __builtin_cpu_init();
+    // Each level's compile flags (layers/fast/CMakeLists.txt), feature by feature.
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::baseline;
+  }();
+  return best;
+}
+
+void check_isa(Isa isa, Isa cpu) {
+  if (isa <= cpu) return;
+  std::string has = "baseline";
+  for (Isa i : {Isa::avx2, Isa::avx512})
+    if (i <= cpu) has += fmt::format(", {}", isa_name(i));
+  fail("kernel policy: ISA level '{}' is not supported by this CPU, which has {}", isa_name(isa), has);
+}
+
+Isa kernel_isa() {
+  const Isa isa = current().isa;
+  return isa == Isa::automatic ? cpu_isa() : isa;
+}
+
 const KernelPolicy& kernel_policy() { return current(); }
 
 void set_kernel_policy(const KernelPolicy& policy) {
+  check_isa(policy.isa);
   current() = policy;
   current().fast = policy.fast && fast_kernels_built();
 }

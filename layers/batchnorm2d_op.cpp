@@ -14,7 +14,7 @@
 #include "batchnorm2d_op.h"
 #include "pooling.h"
 #if NORMA_FAST_KERNELS
-#include "fast/batchnorm2d.h"
+#include "fast/kernels.h"
 #endif
 
 namespace norma::nn {
@@ -31,18 +31,6 @@ constexpr BatchNorm2dKernels kReference{
     .pool_forward = ref::batchnorm2d_pool_forward,
     .pool_forward_train = ref::batchnorm2d_pool_forward_train,
     .pool_backward = ref::batchnorm2d_pool_backward};
-#if NORMA_FAST_KERNELS
-constexpr BatchNorm2dKernels kFast{
-    .stats = fast::batchnorm2d_stats,
-    .forward = fast::batchnorm2d_forward,
-    .forward_train = fast::batchnorm2d_forward_train,
-    .backward = fast::batchnorm2d_backward,
-    .backward_reduce = fast::batchnorm2d_backward_reduce,
-    .backward_dx = fast::batchnorm2d_backward_dx,
-    .pool_forward = fast::batchnorm2d_pool_forward,
-    .pool_forward_train = fast::batchnorm2d_pool_forward_train,
-    .pool_backward = fast::batchnorm2d_pool_backward};
-#endif
 
 }  // namespace
 
@@ -50,7 +38,7 @@ const BatchNorm2dKernels& batchnorm2d_reference_kernels() { return kReference; }
 
 const BatchNorm2dKernels* batchnorm2d_fast_kernels() {
 #if NORMA_FAST_KERNELS
-  return &kFast;
+  return fast::kernels().batchnorm2d;  // the copy for kernel_policy().isa
 #else
   return nullptr;
 #endif

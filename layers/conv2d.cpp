@@ -9,7 +9,7 @@
 #include "init.h"
 #include "ref/conv2d.h"
 #if NORMA_FAST_KERNELS
-#include "fast/conv2d.h"
+#include "fast/kernels.h"
 #endif
 
 namespace norma::nn {
@@ -66,9 +66,10 @@ bool conv2d_direct_applies(const ConvShape& s) {
 void conv2d_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s) {
 #if NORMA_FAST_KERNELS
   if (kernel_policy().fast) {
-    if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_forward(y, x, w, b, s);
-    if (conv2d_direct_applies(s)) return fast::conv2d_direct_forward(y, x, w, b, s);
-    return fast::conv2d_im2col_forward(y, x, w, b, s);
+    const fast::Kernels& k = fast::kernels();
+    if (conv2d_winograd_applies(s)) return k.conv2d_winograd_forward(y, x, w, b, s, nullptr);
+    if (conv2d_direct_applies(s)) return k.conv2d_direct_forward(y, x, w, b, s, nullptr);
+    return k.conv2d_im2col_forward(y, x, w, b, s);
   }
 #endif
   ref::conv2d_forward(y, x, w, b, s);
@@ -78,13 +79,14 @@ void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const flo
                      const ConvShape& s) {
 #if NORMA_FAST_KERNELS
   if (kernel_policy().fast) {
+    const fast::Kernels& k = fast::kernels();
     if (db) ref::conv2d_backward_bias(db, dy, s);
-    if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_backward(dx, dw, dy, x, w, s);
+    if (conv2d_winograd_applies(s)) return k.conv2d_winograd_backward(dx, dw, dy, x, w, s);
     if (dw && conv2d_direct_applies(s)) {  // dx, if wanted, still goes through im2col
-      fast::conv2d_direct_backward_weight(dw, dy, x, s);
+      k.conv2d_direct_backward_weight(dw, dy, x, s);
       dw = nullptr;
     }
-    return fast::conv2d_im2col_backward(dx, dw, dy, x, w, s);
+    return k.conv2d_im2col_backward(dx, dw, dy, x, w, s);
   }
 #endif
   ref::conv2d_backward(dx, dw, db, dy, x, w, s);
@@ -94,7 +96,7 @@ bool conv2d_epilogue_applies(const ConvShape& s, bool pool) {
 #if NORMA_FAST_KERNELS
   // The pool only on F(4x2) tiles: where conv2d_forward would take F(4x4)
   // (NORMA_WINOGRAD_F44), F(4x2) would round differently from it.
-  if (conv2d_winograd_applies(s)) return !pool || fast::winograd_row_tile(s.C) == 2;
+  if (conv2d_winograd_applies(s)) return !pool || fast::kernels().winograd_row_tile(s.C) == 2;
   return !pool && conv2d_direct_applies(s) && s.OW % 32 == 0;
 #else
   (void)s, (void)pool;
@@ -108,8 +110,8 @@ void conv2d_forward_epilogue(float* y, const float* x, const float* w, const flo
     fail("conv2d_forward_epilogue: no fused path for input ({}, {}, {}, {}) and {} output channels of {}x{} "
          "(conv2d_epilogue_applies is false)", s.N, s.C, s.H, s.W, s.K, s.kh, s.kw);
 #if NORMA_FAST_KERNELS  // (without the fast kernels nothing applies)
-  if (conv2d_winograd_applies(s)) return fast::conv2d_winograd_forward(y, x, w, b, s, &e);
-  fast::conv2d_direct_forward(y, x, w, b, s, &e);
+  if (conv2d_winograd_applies(s)) return fast::kernels().conv2d_winograd_forward(y, x, w, b, s, &e);
+  fast::kernels().conv2d_direct_forward(y, x, w, b, s, &e);
 #else
   (void)y, (void)x, (void)w, (void)b;
 #endif

@@ -9,7 +9,7 @@
 #include "../core/kernel_policy.h"
 #include "ref/pool2d.h"
 #if NORMA_FAST_KERNELS
-#include "fast/maxpool2x2.h"
+#include "fast/kernels.h"
 #endif
 
 namespace norma::nn {
@@ -55,7 +55,7 @@ namespace {
 // an int64 offset in the plane).
 bool use_fast_2x2(const PoolShape& s) {
 #if NORMA_FAST_KERNELS
-  return kernel_policy().fast && fast::maxpool2x2_applies(s);
+  return kernel_policy().fast && fast::kernels().maxpool2x2_applies(s);
 #else
   (void)s;
   return false;
@@ -64,7 +64,7 @@ bool use_fast_2x2(const PoolShape& s) {
 
 void maxpool_forward(float* y, void* indices, const float* x, const PoolShape& s, bool fast_2x2) {
 #if NORMA_FAST_KERNELS
-  if (fast_2x2) return fast::maxpool2x2_forward(y, static_cast<int32_t*>(indices), x, s);
+  if (fast_2x2) return fast::kernels().maxpool2x2_forward(y, static_cast<int32_t*>(indices), x, s);
 #endif
   (void)fast_2x2;
   ref::maxpool2d_forward(y, static_cast<int64_t*>(indices), x, s);
@@ -72,7 +72,7 @@ void maxpool_forward(float* y, void* indices, const float* x, const PoolShape& s
 
 void maxpool_backward(float* dx, const float* dy, const void* indices, const PoolShape& s, bool fast_2x2) {
 #if NORMA_FAST_KERNELS
-  if (fast_2x2) return fast::maxpool2x2_backward(dx, dy, static_cast<const int32_t*>(indices), s);
+  if (fast_2x2) return fast::kernels().maxpool2x2_backward(dx, dy, static_cast<const int32_t*>(indices), s);
 #endif
   (void)fast_2x2;
   ref::maxpool2d_backward(dx, dy, static_cast<const int64_t*>(indices), s);

@@ -9,7 +9,7 @@
 #include <optional>
 
 #if NORMA_FAST_KERNELS
-#include <norma/layers/fast/conv2d.h>
+#include <norma/layers/fast/kernels.h>
 #endif
 #include <norma/core/kernel_policy.h>
 #include <norma/layers/conv2d.h>
@@ -209,8 +209,8 @@ TEST_CASE("conv2d: Winograd takes F(4x4) tiles only up to NORMA_WINOGRAD_F44 cha
   const int64_t limit = v ? std::atoll(v) : 0;
   CAPTURE(limit);
   for (int64_t summed : {1, 16, 32, 33, 64, 512})
-    CHECK(fast::winograd_row_tile(summed) == (summed <= limit ? 4 : 2));
-  CHECK(fast::winograd_row_tile(16) == (v ? 4 : 2));  // the F(4x4) run sets 32, the other nothing
+    CHECK(fast::kernels().winograd_row_tile(summed) == (summed <= limit ? 4 : 2));
+  CHECK(fast::kernels().winograd_row_tile(16) == (v ? 4 : 2));  // the F(4x4) run sets 32, the other nothing
 #endif
 }
 

@@ -127,7 +127,10 @@ TEST_CASE("conv2d: the reference kernels match the naive loops forward and backw
 
 TEST_CASE("conv2d: the fast im2col kernels match the reference, the batch split over threads or not") {
   if (!fast_kernels_or_skip()) return;
-  KernelPolicyGuard g(kIm2col);
+  const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+  if (!norma::test::isa_or_skip(isa)) return;
+  CAPTURE(isa_name(isa));
+  KernelPolicyGuard g(norma::test::at_isa(kIm2col, isa));
   manual_seed(8);
   // A batch of at least the thread count splits the images across threads.
   const int64_t split = std::max(omp_get_max_threads(), 2) + 1;
@@ -149,6 +152,9 @@ TEST_CASE("conv2d: the fast im2col kernels match the reference, the batch split 
 // changes nothing here: the policy is set for each tile.
 TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the reference forward and backward") {
   if (!fast_kernels_or_skip()) return;
+  const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+  if (!norma::test::isa_or_skip(isa)) return;
+  CAPTURE(isa_name(isa));
   struct W {
     int64_t N, C, K, H, W, ph, pw;
   };
@@ -171,7 +177,7 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the reference forw
       {1, 16, 16, 28, 28, 2, 2},  // padding 2: 30 outputs, so the output takes the general path
   };
   for (const KernelPolicy& policy : {kWinogradF42, kWinogradF44}) {
-    KernelPolicyGuard g(policy);
+    KernelPolicyGuard g(norma::test::at_isa(policy, isa));
     manual_seed(11);
     for (const W& c : cases) {
       CAPTURE(policy.winograd_f44_channels, c.N, c.C, c.K, c.H, c.W, c.ph, c.pw);
@@ -193,11 +199,11 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the reference forw
   const Problem p(Case{2, 16, 12, 12, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, false});
   std::vector<float> y42, y44;
   {
-    KernelPolicyGuard g(kWinogradF42);
+    KernelPolicyGuard g(norma::test::at_isa(kWinogradF42, isa));
     y42 = run_dispatched(p).y.to_vector();
   }
   {
-    KernelPolicyGuard g(kWinogradF44);
+    KernelPolicyGuard g(norma::test::at_isa(kWinogradF44, isa));
     y44 = run_dispatched(p).y.to_vector();
   }
   CHECK(y42 != y44);
@@ -205,7 +211,10 @@ TEST_CASE("conv2d: Winograd F(4x2, 3x3) and F(4x4, 3x3) match the reference forw
 
 TEST_CASE("conv2d: the direct kernels match the reference forward and backward") {
   if (!fast_kernels_or_skip()) return;
-  KernelPolicyGuard g(kDirect);
+  const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+  if (!norma::test::isa_or_skip(isa)) return;
+  CAPTURE(isa_name(isa));
+  KernelPolicyGuard g(norma::test::at_isa(kDirect, isa));
   const Case cases[] = {
       {3, 3, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, false},  // cifar-small's RGB layer, 3 images
       {2, 3, 5, 64, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, true},    // whole rows of 64: two blocks a row, 13 channels
@@ -231,7 +240,10 @@ TEST_CASE("conv2d: the direct kernels match the reference forward and backward")
 
 TEST_CASE("conv2d: the fused epilogue equals conv, BatchNorm, ReLU and pool on the reference kernels") {
   if (!fast_kernels_or_skip()) return;
-  KernelPolicyGuard g(KernelPolicy{});
+  const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+  if (!norma::test::isa_or_skip(isa)) return;
+  CAPTURE(isa_name(isa));
+  KernelPolicyGuard g(KernelPolicy{.isa = isa});
   struct E {
     Case c;
     bool pool;

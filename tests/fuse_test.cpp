@@ -4,7 +4,7 @@
 #include "test_util.h"
 
 #include <norma/layers/activation.h>
-#include <norma/layers/fast/conv2d.h>
+#include <norma/layers/fast/kernels.h>
 #include <norma/core/kernel_policy.h>
 #include <norma/layers/fuse.h>
 #include <norma/layers/fusion.h>
@@ -216,7 +216,7 @@ TEST_CASE("Sequential: Conv2d + BatchNorm2d + ReLU (+ pool) fused for inference 
     const ConvShape s = conv2d_shape(x.shape(), conv->weight.shape(), 1, c.pad, 1, 1);
 #if NORMA_FAST_KERNELS
     // Everywhere but the pool on F(4x4) tiles (ctest runs this again with NORMA_WINOGRAD_F44=32).
-    const bool fuses = !(c.pool && conv2d_winograd_applies(s) && fast::winograd_row_tile(c.Cin) == 4);
+    const bool fuses = !(c.pool && conv2d_winograd_applies(s) && fast::kernels().winograd_row_tile(c.Cin) == 4);
 #else
     const bool fuses = false;  // the epilogue is a fast kernel: without them the ops run one by one
 #endif
@@ -267,7 +267,7 @@ TEST_CASE("conv2d: the fused inference epilogue refuses convolutions it has no k
   const ConvShape s3 = conv2d_shape(x3.shape(), w3.shape(), 1, 1, 1, 1);  // direct, rows of 20
   CHECK_FALSE(conv2d_epilogue_applies(s3, false));
 #if NORMA_FAST_KERNELS
-  CHECK_THROWS_WITH(fast::conv2d_direct_forward(y3.data_ptr(), x3.data_ptr(), w3.data_ptr(), nullptr, s3, &e),
+  CHECK_THROWS_WITH(fast::kernels().conv2d_direct_forward(y3.data_ptr(), x3.data_ptr(), w3.data_ptr(), nullptr, s3, &e),
                     Catch::Contains("conv2d_direct_forward: an epilogue needs output rows of whole 32s, got OW 20"));
 #endif
 }

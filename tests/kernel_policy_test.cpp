@@ -1,8 +1,12 @@
 // The kernel policy (core/kernel_policy.h): read from the environment in one
-// place, set from code, scoped by a guard.
+// place, set from code, scoped by a guard; the ISA level of the fast kernels.
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -10,6 +14,10 @@
 #include <norma/apps/models.h>
 #include <norma/core/kernel_policy.h>
 #include <norma/norma.h>
+#if NORMA_FAST_KERNELS
+#include <norma/layers/batchnorm2d_op.h>
+#include <norma/layers/fast/kernels.h>
+#endif
 
 using namespace norma;
 
@@ -33,7 +41,7 @@ struct ScopedEnv {
 
 TEST_CASE("kernel policy: read from the environment, set from code") {
   ScopedEnv k("NORMA_KERNELS", nullptr), w("NORMA_WINOGRAD", nullptr), f("NORMA_WINOGRAD_F44", nullptr),
-      d("NORMA_DIRECT_CONV", nullptr), s("NORMA_STREAM_STORES", nullptr);
+      d("NORMA_DIRECT_CONV", nullptr), s("NORMA_STREAM_STORES", nullptr), i("NORMA_ISA", nullptr);
   const KernelPolicy defaults = KernelPolicy::from_env();
   CHECK(defaults.fast);
   CHECK(defaults.winograd);
@@ -148,4 +156,75 @@ TEST_CASE("kernel policy: cifar-small trains alike on the reference and the fast
     CAPTURE(name, std::sqrt(diff), std::sqrt(norm));
     CHECK(std::sqrt(diff) <= 1e-5 * std::max(1.0, std::sqrt(norm)));
   }
+}
+
+TEST_CASE("kernel policy: the ISA level, from NORMA_ISA or code, only one the CPU has") {
+  // cpu_isa() never above what /proc/cpuinfo lists (the kernel leaves out
+  // what the OS does not support). Not "equal": under an emulator such as
+  // qemu-user, /proc/cpuinfo is the host's while CPUID is the emulated CPU's.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line) && line.rfind("flags", 0) != 0) {
+  }
+  if (!line.empty()) {
+    std::istringstream words(line);
+    std::set<std::string> flags;
+    for (std::string w; words >> w;) flags.insert(w);
+    auto has = [&](std::initializer_list<const char*> names) {
+      return std::all_of(names.begin(), names.end(), [&](const char* n) { return flags.count(n) > 0; });
+    };
+    const bool avx2 = has({"avx2", "fma", "f16c", "bmi2"});
+    const bool avx512 = avx2 && has({"avx512f", "avx512bw", "avx512dq", "avx512vl"});
+    CHECK(cpu_isa() <= (avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::baseline));
+  }
+
+  ScopedEnv i("NORMA_ISA", nullptr);
+  CHECK(KernelPolicy::from_env().isa == Isa::automatic);
+  for (Isa isa : {Isa::automatic, Isa::baseline, Isa::avx2, Isa::avx512}) {
+    ScopedEnv i2("NORMA_ISA", isa_name(isa));
+    CAPTURE(isa_name(isa));
+    if (isa <= cpu_isa())
+      CHECK(KernelPolicy::from_env().isa == isa);
+    else
+      CHECK_THROWS_WITH(KernelPolicy::from_env(), Catch::Contains("is not supported by this CPU"));
+  }
+  {
+    ScopedEnv i2("NORMA_ISA", "sse9");
+    CHECK_THROWS_WITH(KernelPolicy::from_env(),
+                      "NORMA_ISA: expected 'auto', 'baseline', 'avx2' or 'avx512', got 'sse9'");
+  }
+  // A level the CPU lacks, on whatever CPU runs this: as a CPU with less would refuse it.
+  CHECK_THROWS_WITH(check_isa(Isa::avx512, Isa::avx2),
+                    "kernel policy: ISA level 'avx512' is not supported by this CPU, which has baseline, avx2");
+  CHECK_THROWS_WITH(check_isa(Isa::avx2, Isa::baseline),
+                    "kernel policy: ISA level 'avx2' is not supported by this CPU, which has baseline");
+  CHECK_NOTHROW(check_isa(Isa::automatic, Isa::baseline));
+  CHECK_NOTHROW(check_isa(Isa::avx512, Isa::avx512));
+  // set_kernel_policy refuses such a level and keeps the policy it had.
+  if (cpu_isa() != Isa::avx512) {
+    const Isa before = kernel_isa();
+    CHECK_THROWS_WITH(set_kernel_policy(KernelPolicy{.isa = Isa::avx512}),
+                      Catch::Contains("ISA level 'avx512' is not supported by this CPU"));
+    CHECK(kernel_isa() == before);
+  }
+
+  // automatic runs the CPU's best level; each level the CPU has runs its own copy.
+  {
+    KernelPolicyGuard g(KernelPolicy{});
+    CHECK(kernel_isa() == cpu_isa());
+  }
+  for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512}) {
+    if (isa > cpu_isa()) continue;
+    KernelPolicyGuard g(KernelPolicy{.isa = isa});
+    CHECK(kernel_isa() == isa);
+#if NORMA_FAST_KERNELS
+    CHECK(&nn::fast::kernels() == &nn::fast::kernels(isa));
+    CHECK(nn::batchnorm2d_fast_kernels() == nn::fast::kernels(isa).batchnorm2d);
+#endif
+  }
+#if NORMA_FAST_KERNELS
+  CHECK(&nn::fast::kernels(Isa::baseline) != &nn::fast::kernels(Isa::avx2));
+  CHECK(&nn::fast::kernels(Isa::avx2) != &nn::fast::kernels(Isa::avx512));
+  CHECK(nn::fast::kernels(Isa::baseline).conv2d_winograd_forward != nn::fast::kernels(Isa::avx512).conv2d_winograd_forward);
+#endif
 }

@@ -123,6 +123,9 @@ TEST_CASE("max_pool2d: the 2x2 stride-2 path chooses as the general rule does, t
 
 TEST_CASE("max_pool2d: the fast 2x2 kernel equals the reference one bit for bit, forward and backward") {
   if (!norma::test::fast_kernels_or_skip()) return;
+  const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+  if (!norma::test::isa_or_skip(isa)) return;
+  CAPTURE(isa_name(isa));
   // Ties, NaNs, odd sizes (the last row and column dropped), rows of 1, 4, 5
   // and 17 outputs, and planes enough for the parallel path.
   struct P {
@@ -141,7 +144,7 @@ TEST_CASE("max_pool2d: the fast 2x2 kernel equals the reference one bit for bit,
       y.backward(dy);
       return std::pair{y.to_vector(), x.grad().to_vector()};
     };
-    const auto [y_fast, dx_fast] = run(KernelPolicy{});
+    const auto [y_fast, dx_fast] = run(KernelPolicy{.isa = isa});
     const auto [y_ref, dx_ref] = run(KernelPolicy{.fast = false});
     REQUIRE(y_fast.size() == y_ref.size());
     for (size_t i = 0; i < y_fast.size(); ++i) {

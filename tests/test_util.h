@@ -18,6 +18,21 @@ inline bool fast_kernels_or_skip() {
   return false;
 }
 
+// The fast kernels are compiled once per ISA level (core/kernel_policy.h), and
+// their tests run once per level: after
+//   const Isa isa = GENERATE(Isa::baseline, Isa::avx2, Isa::avx512);
+// isa_or_skip warns and returns false for a level this CPU lacks, and
+// at_isa(policy, isa) is a policy that runs that level's copy.
+inline bool isa_or_skip(Isa isa) {
+  if (isa <= cpu_isa()) return true;
+  WARN("skipped: this CPU lacks " << isa_name(isa) << " (it has up to " << isa_name(cpu_isa()) << ")");
+  return false;
+}
+inline KernelPolicy at_isa(KernelPolicy policy, Isa isa) {
+  policy.isa = isa;
+  return policy;
+}
+
 struct Diff {
   double max_abs = 0;
   int64_t index = -1;

@@ -7,8 +7,9 @@
 #include <cstdint>
 
 #include "../batchnorm_options.h"
+#include "isa.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method);
@@ -41,4 +42,4 @@ void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const flo
                                const float* beta, int64_t N, int64_t C, int64_t H, int64_t W, bool batch_stats,
                                bool relu);
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

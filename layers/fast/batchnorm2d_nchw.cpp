@@ -9,7 +9,7 @@
 
 #include "batchnorm2d_passes.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 void batchnorm2d_stats(double* mean, double* var, const float* x, int64_t N, int64_t C, int64_t HW, Layout layout,
                        VarianceMethod method) {
@@ -139,4 +139,4 @@ void batchnorm2d_backward(float* dx, float* dgamma, float* dbeta, const float* d
                             batch_stats, relu, beta);
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

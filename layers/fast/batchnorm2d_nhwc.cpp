@@ -10,7 +10,7 @@
 
 #include "batchnorm2d_passes.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 namespace {
 
@@ -162,4 +162,4 @@ void nhwc_backward_dx(float* dx, const float* dy, const float* x, const double* 
   }
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

@@ -7,11 +7,10 @@
 #include <cstdint>
 #include <utility>
 
-#include "../../core/iter.h"
 #include "../ref/batchnorm2d.h"
 #include "simd.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 // A channel's N planes lie C HW floats apart and each starts cold: the
 // hardware prefetchers stop at 4 KiB pages, a 32x32 plane's size. So the
@@ -33,7 +32,7 @@ double nchw_channel_sum(const float* x, int64_t c, int64_t N, int64_t C, int64_t
     const int64_t next = n + 1 < N ? C * HW : 0;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
-      if (next) detail::prefetch_floats(p + next + i0, i1 - i0);
+      if (next) prefetch_floats(p + next + i0, i1 - i0);
 #pragma omp simd reduction(+ : s)
       for (int64_t i = i0; i < i1; ++i) s += f(p[i], c);
     }
@@ -90,8 +89,8 @@ void nchw_grad_sums(double& sum_dy, double& sum_dy_xc, Planes dy_plane, const fl
     const float* xp = x + o;
     for (int64_t i0 = 0; i0 < HW; i0 += kSegment) {
       const int64_t i1 = std::min(HW, i0 + kSegment);
-      if (g_next) detail::prefetch_floats(g_next + i0, i1 - i0);
-      if (next) detail::prefetch_floats(xp + next + i0, i1 - i0);
+      if (g_next) prefetch_floats(g_next + i0, i1 - i0);
+      if (next) prefetch_floats(xp + next + i0, i1 - i0);
       if (relu) {
         const float sc = relu->scale, sh = relu->shift;
 #pragma omp simd reduction(+ : a, b)
@@ -160,4 +159,4 @@ void nhwc_backward_dx(float* dx, const float* dy, const float* x, const double* 
                       const float* gamma, const double* sum_dy, const double* sum_dy_xhat, double M, int64_t N,
                       int64_t C, int64_t HW, bool batch_stats, bool relu, const float* beta);
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

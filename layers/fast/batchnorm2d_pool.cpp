@@ -8,12 +8,11 @@
 #include <utility>
 
 #include "../../core/allocator.h"
-#include "../../core/iter.h"
 #include "../ref/pool2d.h"
 #include "batchnorm2d.h"
 #include "batchnorm2d_passes.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 namespace {
 // One plane's y (H/2, W/2): the max over each 2x2 window (stride 2) of the
@@ -30,7 +29,7 @@ void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, Scal
     const float* __restrict r1 = r0 + W;
     float* __restrict yo = y + oh * OW;
     int32_t* __restrict ao = arg + oh * OW;
-    detail::simd_for(OW, [&](int64_t ow) __attribute__((always_inline)) {
+    simd_for(OW, [&](int64_t ow) __attribute__((always_inline)) {
       float v[4] = {r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]};
       for (int j = 0; j < 4; ++j) {
         v[j] = bn_value(sm.centre(v[j]), sc, sh);
@@ -54,7 +53,7 @@ void normalize_pool_plane(float* y, int32_t* arg, const float* x, double m, Scal
 template <class F, class I>
 inline void unpool_windows(float* g0, float* g1, const float* d, const int32_t* a) {
   constexpr int L = sizeof(F) / sizeof(float);
-  const F v = detail::load_vector<F>(d) + 0.0f;  // 0 + dy, as an add into zeros: -0 becomes +0
+  const F v = load_vector<F>(d) + 0.0f;  // 0 + dy, as an add into zeros: -0 becomes +0
   I k;
   std::memcpy(&k, a, sizeof k);
   const F z{}, p0 = k == 0 ? v : z, p1 = k == 1 ? v : z, p2 = k == 2 ? v : z, p3 = k == 3 ? v : z;
@@ -70,10 +69,10 @@ inline void unpool_windows(float* g0, float* g1, const float* d, const int32_t* 
     lo[1] = __builtin_shufflevector(p2, p3, 0, 4, 1, 5);
     hi[1] = __builtin_shufflevector(p2, p3, 2, 6, 3, 7);
   }
-  detail::store_vector(g0, lo[0]);
-  detail::store_vector(g0 + L, hi[0]);
-  detail::store_vector(g1, lo[1]);
-  detail::store_vector(g1 + L, hi[1]);
+  store_vector(g0, lo[0]);
+  store_vector(g0 + L, hi[0]);
+  store_vector(g1, lo[1]);
+  store_vector(g1 + L, hi[1]);
 }
 // The pool's backward for one plane: g (H, W) gets dy at each window's
 // argmax and 0 elsewhere, as if added into zeros as max_pool2d's backward
@@ -180,4 +179,4 @@ void batchnorm2d_pool_backward(float* dx, float* dgamma, float* dbeta, const flo
   }
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

@@ -8,8 +8,9 @@
 // pointers; b may be null; outputs are overwritten.
 #pragma once
 #include "../ref/conv2d.h"
+#include "isa.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 // ---- im2col + sgemm (conv2d_im2col.cpp), the general path: the reference's
 // algorithm with the batch split over OpenMP threads (each with its own col
@@ -45,4 +46,4 @@ void conv2d_direct_forward(float* y, const float* x, const float* w, const float
                            const ConvEpilogue* e = nullptr);
 void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, const ConvShape& s);
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

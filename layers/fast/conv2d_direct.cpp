@@ -25,10 +25,11 @@
 #include <vector>
 
 #include "../../core/tensor.h"
-#include "../../core/iter.h"
 #include "conv2d.h"
+#include "kernels.h"
+#include "simd.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 namespace {
 
@@ -37,8 +38,8 @@ namespace {
 // are internal and inlined, so no call ever crosses that ABI.
 #pragma GCC diagnostic ignored "-Wpsabi"
 typedef float v16 __attribute__((vector_size(64)));
-inline v16 load(const float* p) { return detail::load_vector<v16>(p); }
-inline void store(float* p, v16 v) { detail::store_vector(p, v); }
+inline v16 load(const float* p) { return load_vector<v16>(p); }
+inline void store(float* p, v16 v) { store_vector(p, v); }
 
 // Register blocks: forward KB output channels x NV vectors of positions,
 // backward DKB output channels x DTB taps: 24 accumulators each of the 32
@@ -123,7 +124,7 @@ void conv2d_direct_forward_rows(float* y, const float* x, const float* w, const 
 void conv2d_direct_forward(float* y, const float* x, const float* w, const float* b, const ConvShape& s,
                            const ConvEpilogue* e) {
   if (s.OW % 32 == 0) return conv2d_direct_forward_rows(y, x, w, b, s, e);
-  if (e) fail("conv2d_direct_forward: an epilogue needs output rows of whole 32s, got OW {}", s.OW);
+  if (e) fail_direct_epilogue(s.OW);
   const Layout l(s, NV * 16);
   const int64_t Kp = round_up(s.K, KB), OHW = s.OH * s.OW;
   // wt[t][k] = w[k][t], zero for the channels k >= K that fill the last block.
@@ -235,4 +236,4 @@ void conv2d_direct_backward_weight(float* dw, const float* dy, const float* x, c
     }
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

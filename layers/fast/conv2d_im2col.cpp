@@ -11,7 +11,7 @@
 #include "../../core/blas_threads.h"
 #include "conv2d.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 namespace {
 
@@ -152,4 +152,4 @@ void conv2d_im2col_backward(float* dx, float* dw, const float* dy, const float* 
   }
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

@@ -8,10 +8,10 @@
 
 #include <algorithm>
 
-#include "../../core/iter.h"
 #include "../ref/pool2d.h"
+#include "simd.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 using ref::kParallelGrain;
 
@@ -30,7 +30,7 @@ void maxpool2x2_forward(float* y, int32_t* arg, const float* x, const PoolShape&
       };
       // simd_for: rows of 4 (cifar-small's last pool, 8 -> 4) would run in the
       // scalar remainder loop of a plain vectorised one.
-      detail::simd_for(s.OW, window);
+      simd_for(s.OW, window);
     }
 }
 
@@ -56,4 +56,4 @@ bool maxpool2x2_applies(const PoolShape& s) {
   return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0;
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

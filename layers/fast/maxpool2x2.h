@@ -6,8 +6,9 @@
 #include <cstdint>
 
 #include "../ref/pool2d.h"
+#include "isa.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 // Whether s is that case.
 bool maxpool2x2_applies(const PoolShape& s);
@@ -18,4 +19,4 @@ void maxpool2x2_forward(float* y, int32_t* arg, const float* x, const PoolShape&
 // dx is overwritten.
 void maxpool2x2_backward(float* dx, const float* dy, const int32_t* arg, const PoolShape& s);
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

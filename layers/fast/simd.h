@@ -1,6 +1,6 @@
-// What the fast BatchNorm2d kernels share below the arithmetic: each
-// thread's rows, streaming stores for large outputs, the fused ReLU's
-// backward as a bit mask, and GCC vector types.
+// What the fast kernels share below the arithmetic: each thread's rows,
+// streaming stores for large outputs, the fused ReLU's backward as a bit mask,
+// GCC vector types, and core/iter.h's vector helpers again.
 #pragma once
 #include <omp.h>
 #if defined(__AVX512F__)
@@ -14,8 +14,42 @@
 #include <utility>
 
 #include "../../core/kernel_policy.h"
+#include "isa.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
+
+// prefetch_floats, load_vector, store_vector and simd_for as in core/iter.h
+// (which documents them), but in this ISA level's namespace: a template of
+// core's instantiated here would be compiled with this level's flags under the
+// same name as in the other copies and in core, and the linker keeps any one
+// of them for all callers (an AVX-512 one for a CPU without it: SIGILL).
+// Vectors wider than the level's registers pass through them, and GCC warns
+// that this changes the ABI: only where they are inlined, so no call crosses it.
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <bool Write = false>
+inline void prefetch_floats(const float* p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, Write ? 1 : 0, 2);
+}
+template <class V>
+inline V load_vector(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class V>
+inline void store_vector(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+template <class F>
+inline void simd_for(int64_t n, F f) {
+  if (n >= 8) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) f(i);
+  } else {
+#pragma omp simd simdlen(4)
+    for (int64_t i = 0; i < n; ++i) f(i);
+  }
+}
 
 // This thread's share of rows [0, n) inside a parallel region: contiguous,
 // as schedule(static) would give.
@@ -52,7 +86,7 @@ inline void stream_copy(float* y, const float* buf, int64_t n) {
 #endif
 }
 template <class Out>
-void stream_run(float* y, int64_t n, bool stream, Out out) {
+void stream_run(float* y, int64_t n, [[maybe_unused]] bool stream, Out out) {
 #if defined(__AVX512F__)
   if (stream) {
     alignas(64) float buf[kStreamChunk];
@@ -70,7 +104,7 @@ void stream_run(float* y, int64_t n, bool stream, Out out) {
 // as many whole rows per chunk as fit kStreamChunk (rows wider than that are
 // written directly).
 template <class Row>
-void stream_rows(float* y, int64_t r0, int64_t r1, int64_t C, bool stream, Row row) {
+void stream_rows(float* y, int64_t r0, int64_t r1, int64_t C, [[maybe_unused]] bool stream, Row row) {
 #if defined(__AVX512F__)
   if (stream && C <= kStreamChunk) {
     alignas(64) float buf[kStreamChunk];
@@ -105,4 +139,4 @@ typedef int32_t i8 __attribute__((vector_size(32)));
 typedef float f4 __attribute__((vector_size(16)));
 typedef int32_t i4 __attribute__((vector_size(16)));
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

@@ -14,7 +14,7 @@
 #include "conv2d.h"
 #include "winograd.h"
 
-namespace norma::nn::fast {
+namespace norma::nn::fast::NORMA_ISA {
 
 using namespace winograd;
 
@@ -143,4 +143,4 @@ void conv2d_winograd_backward(float* dx, float* dw, const float* dy, const float
   filter_transform_backward(dw, dU.data_ptr(), T, g.K, g.C);
 }
 
-}  // namespace norma::nn::fast
+}  // namespace norma::nn::fast::NORMA_ISA

@@ -57,20 +57,20 @@
 
 #include <cstdint>
 
-#include "../../core/iter.h"
 #include "../ref/conv2d.h"
+#include "simd.h"
 
-namespace norma::nn::fast::winograd {
+namespace norma::nn::fast::NORMA_ISA::winograd {
 
 // 8 floats as a GCC vector (one AVX register, two SSE ones), for the loops
 // whose code the vectoriser left mostly scalar: the input transform's, and the
 // transposition of dy in output_transform_backward. Helpers internal and
 // inlined, so no call crosses the ABI -Wpsabi warns of (silenced at the top
-// of each file, above iter.h, whose load_vector is where it would warn).
+// of each file, above simd.h, whose load_vector is where it would warn).
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v16 __attribute__((vector_size(64)));  // (the transforms' rows paths)
-inline v8 load8(const float* p) { return detail::load_vector<v8>(p); }
-inline void store8(float* p, v8 v) { detail::store_vector(p, v); }
+inline v8 load8(const float* p) { return load_vector<v8>(p); }
+inline void store8(float* p, v8 v) { store_vector(p, v); }
 
 // Vectors of L floats: GCC vectors, one AVX-512 register at 16 where the CPU
 // has them (two AVX ones where not).
@@ -165,4 +165,4 @@ void output_transform(float* y, const float* M, const float* bias, const Geom& g
 // s is scratch for 8 TW K floats.
 void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_t r0, int64_t r1, float* s);
 
-}  // namespace norma::nn::fast::winograd
+}  // namespace norma::nn::fast::NORMA_ISA::winograd

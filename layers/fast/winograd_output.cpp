@@ -9,7 +9,7 @@
 
 #include "winograd.h"
 
-namespace norma::nn::fast::winograd {
+namespace norma::nn::fast::NORMA_ISA::winograd {
 
 namespace {
 
@@ -87,7 +87,7 @@ inline void store_chunk_row(float* yk, const OutChunk& c, int a, v8 o, int64_t O
     store8(buf, o);
     std::copy_n(buf, c.n, row);
   }
-  if (next) detail::prefetch_floats<true>(row + next, c.n);
+  if (next) prefetch_floats<true>(row + next, c.n);
 }
 
 // With the epilogue's pool (F(4x2) tiles, each 2 windows high, one wide):
@@ -147,7 +147,7 @@ template <int Cols, class V>
 inline void columns_at(V R[4][Cols], const float* m, int64_t ld) {
   for (int j = 0; j < Cols; ++j) {
     V col[6], rc[4];
-    for (int i = 0; i < 6; ++i) col[i] = detail::load_vector<V>(m + (Cols * i + j) * ld);
+    for (int i = 0; i < 6; ++i) col[i] = load_vector<V>(m + (Cols * i + j) * ld);
     col_at(rc, col);
     for (int a = 0; a < 4; ++a) R[a][j] = rc[a];
   }
@@ -168,7 +168,7 @@ void output_transform_rows(float* y, const float* M, const float* bias, const Ge
       const int64_t n = r / g.TH, ty = r % g.TH;
       float* yr = y + (n * g.K + k) * plane + 4 * ty * g.OW;
       const float* m = M + k * P + (r - r0) * g.TW;
-      if (k + 1 < g.K) detail::prefetch_floats<true>(yr + plane, 4 * g.OW);  // the next channel's rows
+      if (k + 1 < g.K) prefetch_floats<true>(yr + plane, 4 * g.OW);  // the next channel's rows
       for (int64_t tx0 = 0; tx0 < g.TW; tx0 += L) {
         V R[4][4];
         columns_at<4>(R, m + tx0, ld);
@@ -176,8 +176,8 @@ void output_transform_rows(float* y, const float* M, const float* bias, const Ge
           V o[2];
           interleave(o, out(R[a][0] + R[a][1] + R[a][2]), out(R[a][1] - R[a][2] - R[a][3]));
           float* row = yr + a * g.OW + 2 * tx0;
-          detail::store_vector(row, o[0]);
-          detail::store_vector(row + L, o[1]);
+          store_vector(row, o[0]);
+          store_vector(row + L, o[1]);
         }
       }
     }
@@ -285,13 +285,13 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
       // Each of the K planes is its own stream, too many for the hardware
       // prefetchers: ask for the row four below (the next tile row's) by hand.
       if (oh + 4 < g.OH)
-        for (int64_t k = 0; k < K; ++k) detail::prefetch_floats(rows + k * plane + 4 * g.OW, g.OW);
+        for (int64_t k = 0; k < K; ++k) prefetch_floats(rows + k * plane + 4 * g.OW, g.OW);
       std::fill_n(d + g.OW * K, (Wd - g.OW) * K, 0.0f);  // columns of tiles outside the output
     }
     for (int64_t tx = 0; tx < g.TW; ++tx) {
       const float* __restrict e = s + 2 * tx * K;  // row 4ty + a, column 2tx at e + a Wd K, 2tx + 1 at + K
       float* __restrict m = dM + ((r - r0) * g.TW + tx) * K;
-      detail::simd_for(K, [&](int64_t k) __attribute__((always_inline)) {
+      simd_for(K, [&](int64_t k) __attribute__((always_inline)) {
         float ye[4], yo[4], qe[6], qo[6];  // rows: A4 dY, for the even and the odd column
         for (int a = 0; a < 4; ++a) ye[a] = e[a * Wd * K + k], yo[a] = e[a * Wd * K + K + k];
         col_a(qe, ye);
@@ -307,4 +307,4 @@ void output_transform_backward(float* dM, const float* dy, const Geom& g, int64_
   }
 }
 
-}  // namespace norma::nn::fast::winograd
+}  // namespace norma::nn::fast::NORMA_ISA::winograd

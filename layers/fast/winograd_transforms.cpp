@@ -9,7 +9,7 @@
 
 #include "winograd.h"
 
-namespace norma::nn::fast::winograd {
+namespace norma::nn::fast::NORMA_ISA::winograd {
 
 namespace {
 
@@ -143,7 +143,7 @@ inline vec<L> load_clipped(const float* row, int64_t j0, int64_t W) {
 #else
   float b[L] = {};
   for (int64_t i = lo; i < hi; ++i) b[i] = row[j0 + i];
-  return detail::load_vector<vec<L>>(b);
+  return load_vector<vec<L>>(b);
 #endif
 }
 
@@ -169,7 +169,7 @@ struct NextChannelRows {
         share(((hi - lo + ty1 - ty0 - 1) / (ty1 - ty0) + 15) / 16 * 16) {}
   void prefetch(int64_t i) const {  // the share of the i-th tile row
     const int64_t p0 = lo + i * share;
-    detail::prefetch_floats(next + p0, std::min(hi, p0 + share) - p0);
+    prefetch_floats(next + p0, std::min(hi, p0 + share) - p0);
   }
 };
 
@@ -201,7 +201,7 @@ inline void columns_bt(vec<L> t[6], const float* const rows[6], int64_t j0, int6
   vec<L> d[6];
   const bool inside = j0 >= 0 && j0 + L <= W;
   for (int l = 0; l < 6; ++l)
-    d[l] = !rows[l] ? vec<L>{} : inside ? detail::load_vector<vec<L>>(rows[l] + j0) : load_clipped<L>(rows[l], j0, W);
+    d[l] = !rows[l] ? vec<L>{} : inside ? load_vector<vec<L>>(rows[l] + j0) : load_clipped<L>(rows[l], j0, W);
   col_bt(t, d);
 }
 
@@ -238,10 +238,10 @@ void input_transform_rows(float* V, const float* x, const Geom& g, int64_t r0, i
               o2 = __builtin_shufflevector(o0, cc[i], 1, 2, 3, 4, 5, 6, 7, 9);
             }
             float* vi = v + 4 * i * ld + tx0;
-            detail::store_vector(vi, e0 - e2);
-            detail::store_vector(vi + ld, o0 + e2);
-            detail::store_vector(vi + 2 * ld, e2 - o0);
-            detail::store_vector(vi + 3 * ld, o0 - o2);
+            store_vector(vi, e0 - e2);
+            store_vector(vi + ld, o0 + e2);
+            store_vector(vi + 2 * ld, e2 - o0);
+            store_vector(vi + 3 * ld, o0 - o2);
             a[i] = cc[i];
           }
         }
@@ -307,4 +307,4 @@ void input_transform(float* V, const float* x, const Geom& g, int64_t r0, int64_
   });
 }
 
-}  // namespace norma::nn::fast::winograd
+}  // namespace norma::nn::fast::NORMA_ISA::winograd
