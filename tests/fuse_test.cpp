@@ -6,7 +6,7 @@
 #include <norma/layers/activation.h>
 #include <norma/layers/fast/kernels.h>
 #include <norma/core/kernel_policy.h>
-#include <norma/layers/fuse.h>
+#include <norma/apps/fuse.h>
 #include <norma/layers/fusion.h>
 #include <norma/layers/loss.h>
 #include <norma/apps/models.h>

@@ -12,9 +12,9 @@
 #pragma once
 #include <memory>
 
-#include "batchnorm2d.h"
-#include "conv2d.h"
-#include "sequential.h"
+#include <norma/layers/batchnorm2d.h>
+#include <norma/layers/conv2d.h>
+#include <norma/layers/sequential.h>
 
 namespace norma::nn {
 

@@ -5,7 +5,7 @@
 #include <typeinfo>
 #include <vector>
 
-#include "../core/autograd.h"
+#include <norma/core/autograd.h>
 
 namespace norma::nn {
 
