@@ -1,6 +1,8 @@
 // The kernel policy, and the one place Norma reads the kernel variables of the environment.
 #include "kernel_policy.h"
 
+#include <cpuid.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -80,8 +82,12 @@ Isa cpu_isa() {
   static const Isa best = [] {
     __builtin_cpu_init();
     // Each level's compile flags (layers/fast/CMakeLists.txt), feature by feature.
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+    // F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does
+    // not know it; AVX2's check already covers the OS saving the AVX state.
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c &&
+                      __builtin_cpu_supports("bmi2");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     return avx512 ? Isa::avx512 : avx2 ? Isa::avx2 : Isa::baseline;
